@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs every ferrotun test: unit, property and fuzz-corpus tests, and the tests that create
+# TUN/TAP devices and network namespaces. Needs root (namespaces, /dev/net/tun) and a Rust
+# toolchain; installs the system tools the tests use when they are missing.
+#
+# usage: sudo ./scripts/test.sh [extra cargo test arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "test.sh: the tests create network namespaces and TUN devices: run it as root (sudo ./scripts/test.sh)" >&2
+  exit 1
+fi
+
+# command -> Debian package
+declare -A need=(
+  [ip]=iproute2 [ping]=iputils-ping [iperf3]=iperf3 [nft]=nftables [tcpdump]=tcpdump
+  [sha256sum]=coreutils [timeout]=coreutils
+)
+missing=()
+for cmd in "${!need[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "test.sh: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${missing[@]}" | sort -u) >/dev/null
+fi
+if [ ! -c /dev/net/tun ]; then
+  modprobe tun 2>/dev/null || true
+fi
+[ -c /dev/net/tun ] || { echo "test.sh: /dev/net/tun is missing and 'modprobe tun' did not create it" >&2; exit 1; }
+
+# Namespaces left by an earlier run that was killed before it could clean up.
+for ns in $(ip netns list 2>/dev/null | awk '/^ft[0-9]+-/ {print $1}'); do
+  pid=${ns#ft}; pid=${pid%%-*}
+  kill -0 "$pid" 2>/dev/null || ip netns del "$ns" 2>/dev/null || true
+done
+
+start=$(date +%s)
+cargo test --workspace --locked "$@"
+echo "test.sh: all tests passed in $(( $(date +%s) - start )) s"
