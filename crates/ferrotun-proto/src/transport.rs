@@ -1,0 +1,441 @@
+//! Transport data: sealing and opening data messages with one keypair.
+//!
+//! Responsible for a [`Keypair`] (the two transport keys one handshake derives, the sending
+//! counter and the receive replay window), for writing and checking the 16-byte data header
+//! in the caller's buffer, padding, associated data for the payload flags, and the counter
+//! limits of whitepaper §6.1. A `Keypair` is `Sync`: its data methods take `&self`, the
+//! sending counter is an `AtomicU64`, and the replay window sits behind its own `Mutex`
+//! that only the receive direction touches, so one core can seal while another opens.
+//! Not responsible for choosing a keypair, key expiry by time or timers (see
+//! [`crate::session`]) or for finding the keypair by receiver index (the caller does).
+//!
+//! Zero-copy layout of a buffer handed to [`Keypair::seal`]:
+//! ```text
+//! buf: [ 16 bytes header room | payload (len) | padding room | 16 bytes tag room ]
+//!        written by seal        read from TUN   zeroed         written by seal
+//! ```
+//! At most `DATA_HEADER_LEN + round_up(len, 16) + TAG_LEN` bytes are needed
+//! ([`sealed_len`] gives the exact figure).
+
+use std::ops::Range;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use thiserror::Error;
+
+use crate::aead::{Aead, AeadBackend, TAG_LEN, TransportAead};
+use crate::replay::{REJECT_AFTER_MESSAGES, ReplayWindow};
+use crate::wire::{DATA_HEADER_LEN, DataMessage, PayloadFlags, WireError, data};
+
+/// WireGuard pads plaintext to a multiple of 16 bytes (whitepaper §5.4.6,
+/// `MESSAGE_PADDING_MULTIPLE` in the Linux driver).
+pub const PADDING_MULTIPLE: usize = 16;
+
+/// Overhead of a data message over its (padded) payload: header + tag = 32 bytes.
+pub const DATA_OVERHEAD: usize = DATA_HEADER_LEN + TAG_LEN;
+
+/// Why a data message could not be sealed or opened.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum TransportError {
+    /// The bytes are not a well-formed data message.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The caller's buffer cannot hold header, payload, padding and tag.
+    #[error("buffer of {have} bytes is too small: {need} needed")]
+    BufferTooSmall {
+        /// Bytes needed.
+        need: usize,
+        /// Bytes available.
+        have: usize,
+    },
+    /// This keypair has used up its counters (REJECT_AFTER_MESSAGES, whitepaper §6.1).
+    #[error("sending counter exhausted (REJECT_AFTER_MESSAGES reached); a new handshake is required")]
+    CounterExhausted,
+    /// The counter was already received, is too old for the window, or at the limit.
+    #[error("replayed or too old counter {counter}")]
+    Replay {
+        /// The rejected counter.
+        counter: u64,
+    },
+    /// The message is addressed to another keypair.
+    #[error("receiver index {got:#010x} is not this keypair's {want:#010x}")]
+    WrongIndex {
+        /// The index in the message.
+        got: u32,
+        /// This keypair's local index.
+        want: u32,
+    },
+    /// Authentication failed: forged, corrupted, wrong key or flags changed in transit.
+    #[error("data message failed authentication (counter {counter})")]
+    Authentication {
+        /// The counter of the rejected message.
+        counter: u64,
+    },
+    /// No keypair has the index of the message (it expired, or never existed).
+    #[error("no keypair with receiver index {index:#010x}")]
+    UnknownIndex {
+        /// The index in the message.
+        index: u32,
+    },
+    /// The keypair is older than REJECT_AFTER_TIME (whitepaper §6.1).
+    #[error("keypair expired (older than REJECT_AFTER_TIME)")]
+    Expired,
+    /// An uncompressed IP payload whose IP header does not describe a packet that fits.
+    #[error("decrypted payload of {len} bytes is not an IPv4/IPv6 packet that fits")]
+    MalformedInnerPacket {
+        /// The plaintext length (with padding).
+        len: usize,
+    },
+}
+
+/// The datagram length [`Keypair::seal`] produces for `len` payload bytes with `flags`
+/// under `mtu`: header + payload + padding + tag.
+pub fn sealed_len(flags: PayloadFlags, len: usize, mtu: usize) -> usize {
+    DATA_HEADER_LEN + padded_len(flags, len, mtu) + TAG_LEN
+}
+
+/// The payload length after padding: uncompressed IP payloads (flags empty) round up to a
+/// multiple of 16 but never beyond `max(len, mtu)`; other payloads are never padded
+/// (their length could not be recovered).
+pub fn padded_len(flags: PayloadFlags, len: usize, mtu: usize) -> usize {
+    if !flags.is_empty() || len >= mtu {
+        return len;
+    }
+    len.next_multiple_of(PADDING_MULTIPLE).min(mtu)
+}
+
+/// The two transport keys of one handshake, with their counter and replay window.
+pub struct Keypair {
+    send: TransportAead,
+    send_counter: AtomicU64,
+    receive: TransportAead,
+    replay: Mutex<ReplayWindow>,
+    local_index: u32,
+    remote_index: u32,
+    created: Instant,
+    initiator: bool,
+}
+
+impl std::fmt::Debug for Keypair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keypair")
+            .field("local_index", &format_args!("{:#010x}", self.local_index))
+            .field("remote_index", &format_args!("{:#010x}", self.remote_index))
+            .field("initiator", &self.initiator)
+            .field("backend", &self.send.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Keypair {
+    /// A keypair from raw transport keys (`send` seals, `receive` opens). The handshake
+    /// creates these; this constructor exists for tests, benchmarks and fuzzing.
+    pub fn new(
+        backend: AeadBackend,
+        send: &[u8; 32],
+        receive: &[u8; 32],
+        local_index: u32,
+        remote_index: u32,
+        created: Instant,
+        initiator: bool,
+    ) -> Self {
+        Keypair {
+            send: backend.key(send),
+            send_counter: AtomicU64::new(0),
+            receive: backend.key(receive),
+            replay: Mutex::new(ReplayWindow::new()),
+            local_index,
+            remote_index,
+            created,
+            initiator,
+        }
+    }
+
+    /// Our index: the receiver index of messages sent to us with this keypair.
+    pub fn local_index(&self) -> u32 {
+        self.local_index
+    }
+    /// The peer's index, written into the messages we seal.
+    pub fn remote_index(&self) -> u32 {
+        self.remote_index
+    }
+    /// When the handshake that made this keypair completed.
+    pub fn created(&self) -> Instant {
+        self.created
+    }
+    /// Whether we initiated the handshake that made this keypair.
+    pub fn is_initiator(&self) -> bool {
+        self.initiator
+    }
+    /// The next counter `seal` will use (= messages sealed so far).
+    pub fn send_counter(&self) -> u64 {
+        self.send_counter.load(Ordering::Relaxed)
+    }
+    /// Which AEAD implementation this keypair uses.
+    pub fn backend(&self) -> AeadBackend {
+        self.send.backend()
+    }
+
+    /// Reserves the next sending counter; `None` once REJECT_AFTER_MESSAGES is reached
+    /// (the counter then stays there: it can never wrap).
+    #[inline]
+    fn next_counter(&self) -> Option<u64> {
+        self.send_counter
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                (c < REJECT_AFTER_MESSAGES).then_some(c + 1)
+            })
+            .ok()
+    }
+
+    /// Seals the `len` payload bytes at `buf[16..16 + len]` in place: pads uncompressed IP
+    /// payloads (see [`padded_len`]), writes the header into `buf[..16]` and the tag after
+    /// the payload, and returns the datagram length (the message is `buf[..returned]`).
+    pub fn seal(
+        &self,
+        flags: PayloadFlags,
+        len: usize,
+        buf: &mut [u8],
+        mtu: usize,
+    ) -> Result<usize, TransportError> {
+        let padded = padded_len(flags, len, mtu);
+        let need = DATA_HEADER_LEN + padded + TAG_LEN;
+        if buf.len() < need {
+            return Err(TransportError::BufferTooSmall { need, have: buf.len() });
+        }
+        let counter = self.next_counter().ok_or(TransportError::CounterExhausted)?;
+        let (header, rest) = buf.split_at_mut(DATA_HEADER_LEN);
+        let (payload, rest) = rest.split_at_mut(padded);
+        payload[len..].fill(0);
+        data::write_header(header, flags, self.remote_index, counter);
+        let aad_byte = [flags.bits()];
+        let aad: &[u8] = if flags.is_empty() { &[] } else { &aad_byte };
+        let tag = self
+            .send
+            .seal_in_place(counter, aad, payload)
+            .map_err(|_| TransportError::Authentication { counter })?;
+        rest[..TAG_LEN].copy_from_slice(&tag);
+        Ok(need)
+    }
+
+    /// Opens the data message `buf` (exactly one datagram) in place. Checks the counter
+    /// against the replay window before decrypting (a cheap reject) and records it only
+    /// after authentication. Returns the payload flags and where the (padded) plaintext
+    /// lies in `buf`.
+    pub fn open(&self, buf: &mut [u8]) -> Result<(PayloadFlags, Range<usize>), TransportError> {
+        let (flags, receiver, counter, payload, tag) = {
+            let msg = DataMessage::new_checked(&buf[..])?;
+            (msg.flags(), msg.receiver(), msg.counter(), msg.payload_range(), *msg.tag())
+        };
+        if receiver != self.local_index {
+            return Err(TransportError::WrongIndex { got: receiver, want: self.local_index });
+        }
+        if !self.lock_replay().check(counter) {
+            return Err(TransportError::Replay { counter });
+        }
+        let aad_byte = [flags.bits()];
+        let aad: &[u8] = if flags.is_empty() { &[] } else { &aad_byte };
+        self.receive
+            .open_in_place(counter, aad, &mut buf[payload.clone()], &tag)
+            .map_err(|_| TransportError::Authentication { counter })?;
+        // Another thread may have accepted the same counter meanwhile: update re-checks.
+        if !self.lock_replay().update(counter) {
+            return Err(TransportError::Replay { counter });
+        }
+        Ok((flags, payload))
+    }
+
+    /// The receive window; a poisoned lock is recovered because every window operation
+    /// leaves it consistent (plain integer stores, no panics inside).
+    fn lock_replay(&self) -> std::sync::MutexGuard<'_, ReplayWindow> {
+        self.replay.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_send_counter(&self, c: u64) {
+        self.send_counter.store(c, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn pair(backend: AeadBackend) -> (Keypair, Keypair) {
+        let now = Instant::now();
+        let a = Keypair::new(backend, &[1; 32], &[2; 32], 10, 20, now, true);
+        let b = Keypair::new(backend, &[2; 32], &[1; 32], 20, 10, now, false);
+        (a, b)
+    }
+
+    fn ipv4(len: usize) -> Vec<u8> {
+        let mut p = vec![0x45u8; len];
+        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn seal_open_round_trip_with_padding() {
+        for backend in AeadBackend::ALL {
+            let (a, b) = pair(backend);
+            let pkt = ipv4(45);
+            let mut buf = vec![0u8; 200];
+            buf[16..16 + 45].copy_from_slice(&pkt);
+            let n = a.seal(PayloadFlags::NONE, 45, &mut buf, 1420).unwrap();
+            assert_eq!(n, 16 + 48 + 16);
+            let (flags, r) = b.open(&mut buf[..n]).unwrap();
+            assert_eq!(flags, PayloadFlags::NONE);
+            assert_eq!(r, 16..64);
+            assert_eq!(&buf[16..61], &pkt[..]);
+            assert_eq!(&buf[61..64], &[0, 0, 0]);
+            assert_eq!(crate::ip::ip_packet_len(&buf[r]), Some(45));
+        }
+    }
+
+    #[test]
+    fn padding_rules() {
+        assert_eq!(padded_len(PayloadFlags::NONE, 0, 1420), 0);
+        assert_eq!(padded_len(PayloadFlags::NONE, 1, 1420), 16);
+        assert_eq!(padded_len(PayloadFlags::NONE, 1419, 1420), 1420);
+        assert_eq!(padded_len(PayloadFlags::NONE, 1410, 1420), 1420);
+        assert_eq!(padded_len(PayloadFlags::NONE, 1409, 1420), 1420);
+        assert_eq!(padded_len(PayloadFlags::NONE, 1400, 1420), 1408);
+        assert_eq!(padded_len(PayloadFlags::NONE, 1500, 1420), 1500);
+        assert_eq!(padded_len(PayloadFlags::COMPRESSED, 33, 1420), 33);
+        assert_eq!(padded_len(PayloadFlags::ETHERNET, 60, 1420), 60);
+        // IPv6 over an IPv6 underlay, MTU 1420: exactly 1500 bytes on the wire.
+        assert_eq!(sealed_len(PayloadFlags::NONE, 1420, 1420) + 40 + 8, 1500);
+    }
+
+    #[test]
+    fn flags_are_authenticated() {
+        let (a, b) = pair(AeadBackend::Ring);
+        let mut buf = vec![0u8; 100];
+        let n = a.seal(PayloadFlags::COMPRESSED, 40, &mut buf, 1420).unwrap();
+        assert_eq!(n, 72);
+        let mut x = buf[..n].to_vec();
+        x[1] = PayloadFlags::ETHERNET.bits();
+        assert_eq!(b.open(&mut x), Err(TransportError::Authentication { counter: 0 }));
+        let mut x = buf[..n].to_vec();
+        x[1] = 0;
+        assert_eq!(b.open(&mut x), Err(TransportError::Authentication { counter: 0 }));
+        let (f, r) = b.open(&mut buf[..n]).unwrap();
+        assert_eq!((f, r), (PayloadFlags::COMPRESSED, 16..56));
+    }
+
+    #[test]
+    fn zero_flags_are_plain_wireguard() {
+        // With flags 0 the AAD is empty: the ciphertext equals a raw AEAD over the padded payload.
+        let (a, _) = pair(AeadBackend::RustCrypto);
+        let mut buf = vec![0u8; 64];
+        buf[16..32].copy_from_slice(&[7; 16]);
+        let n = a.seal(PayloadFlags::NONE, 16, &mut buf, 1420).unwrap();
+        let mut raw = [7u8; 16];
+        let tag = AeadBackend::Ring.key(&[1; 32]).seal_in_place(0, &[], &mut raw).unwrap();
+        assert_eq!(&buf[16..32], &raw);
+        assert_eq!(&buf[32..n], &tag);
+        assert_eq!(&buf[..4], &[4, 0, 0, 0]);
+        assert_eq!(&buf[4..8], &20u32.to_le_bytes());
+    }
+
+    #[test]
+    fn replayed_data_rejected() {
+        let (a, b) = pair(AeadBackend::Ring);
+        let mut buf = vec![0u8; 64];
+        let n = a.seal(PayloadFlags::NONE, 0, &mut buf, 1420).unwrap();
+        let copy = buf[..n].to_vec();
+        b.open(&mut buf[..n]).unwrap();
+        let mut again = copy.clone();
+        assert_eq!(b.open(&mut again), Err(TransportError::Replay { counter: 0 }));
+    }
+
+    #[test]
+    fn wrong_index_and_short_buffers() {
+        let (a, b) = pair(AeadBackend::Ring);
+        let mut buf = vec![0u8; 64];
+        let n = a.seal(PayloadFlags::NONE, 0, &mut buf, 1420).unwrap();
+        assert_eq!(
+            a.open(&mut buf[..n]),
+            Err(TransportError::WrongIndex { got: 20, want: 10 })
+        );
+        assert_eq!(
+            a.seal(PayloadFlags::NONE, 17, &mut [0u8; 63], 1420),
+            Err(TransportError::BufferTooSmall { need: 64, have: 63 })
+        );
+        let _ = b;
+    }
+
+    #[test]
+    fn counter_limit() {
+        let (a, b) = pair(AeadBackend::Ring);
+        a.set_send_counter(REJECT_AFTER_MESSAGES - 1);
+        let mut buf = vec![0u8; 64];
+        let n = a.seal(PayloadFlags::NONE, 0, &mut buf, 1420).unwrap();
+        assert!(b.open(&mut buf[..n]).is_ok());
+        assert_eq!(a.seal(PayloadFlags::NONE, 0, &mut buf, 1420), Err(TransportError::CounterExhausted));
+        assert_eq!(a.seal(PayloadFlags::NONE, 0, &mut buf, 1420), Err(TransportError::CounterExhausted));
+        assert_eq!(a.send_counter(), REJECT_AFTER_MESSAGES);
+        // A forged message claiming a counter at the limit is refused before decryption.
+        let mut forged = vec![0u8; 32];
+        data::write_header(&mut forged, PayloadFlags::NONE, 20, REJECT_AFTER_MESSAGES);
+        assert_eq!(b.open(&mut forged), Err(TransportError::Replay { counter: REJECT_AFTER_MESSAGES }));
+    }
+
+    #[test]
+    fn keypair_is_send_and_sync_and_works_across_threads() {
+        fn assert_sync<T: Send + Sync>() {}
+        assert_sync::<Keypair>();
+        let (a, b) = pair(AeadBackend::Ring);
+        let (a, b) = (std::sync::Arc::new(a), std::sync::Arc::new(b));
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let sealer = {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                for i in 0..2000u32 {
+                    let mut buf = vec![0u8; 64];
+                    buf[16..20].copy_from_slice(&i.to_le_bytes());
+                    let n = a.seal(PayloadFlags::ETHERNET, 4, &mut buf, 1420).unwrap();
+                    buf.truncate(n);
+                    tx.send(buf).unwrap();
+                }
+            })
+        };
+        let mut got = 0u32;
+        for mut m in rx {
+            let (_, r) = b.open(&mut m).unwrap();
+            assert_eq!(&m[r], &got.to_le_bytes());
+            got += 1;
+        }
+        sealer.join().unwrap();
+        assert_eq!(got, 2000);
+    }
+
+    proptest! {
+        /// Flipping any single bit of a transport message makes it rejected.
+        #[test]
+        fn any_bit_flip_is_rejected(
+            len in 0usize..100,
+            flags in 0u8..4,
+            bit in any::<proptest::sample::Index>(),
+        ) {
+            let (a, b) = pair(AeadBackend::Ring);
+            let flags = PayloadFlags::from_bits(flags).unwrap();
+            let mut buf = vec![0x5au8; 16 + 112 + 16];
+            let n = a.seal(flags, len, &mut buf, 1420).unwrap();
+            let mut m = buf[..n].to_vec();
+            let bit = bit.index(n * 8);
+            m[bit / 8] ^= 1 << (bit % 8);
+            prop_assert!(b.open(&mut m).is_err());
+            // The untouched message still opens (the failed attempt changed no state).
+            prop_assert!(b.open(&mut buf[..n]).is_ok());
+        }
+
+        #[test]
+        fn open_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let (_, b) = pair(AeadBackend::Ring);
+            let mut m = bytes;
+            let _ = b.open(&mut m);
+        }
+    }
+}
