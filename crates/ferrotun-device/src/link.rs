@@ -107,6 +107,42 @@ impl Link {
             .map_err(|e| nl_err("add address", &self.name, e))
     }
 
+    /// Waits until every address on the link receives packets, at most `timeout`. Call it
+    /// after bringing the link up: IPv6 addresses become local a moment after that (the
+    /// kernel installs their local routes from a work queue), and a packet arriving before
+    /// then is dropped.
+    pub fn wait_addresses_ready(&self, timeout: std::time::Duration) -> Result<()> {
+        let mut nl = socket("wait for addresses", &self.name)?;
+        let addrs = nl
+            .addresses(self.index)
+            .map_err(|e| nl_err("list addresses", &self.name, e))?;
+        let deadline = std::time::Instant::now() + timeout;
+        for net in addrs {
+            loop {
+                let local = nl
+                    .is_local(net.addr())
+                    .map_err(|e| nl_err("query route", &self.name, e))?;
+                if local {
+                    break;
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(DeviceError::Io {
+                        op: "wait for address",
+                        name: self.name.clone(),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!(
+                                "{net} did not become usable within {timeout:?} (is the link up?)"
+                            ),
+                        ),
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        }
+        Ok(())
+    }
+
     /// Removes an address.
     pub fn del_address(&self, net: IpNet) -> Result<()> {
         socket("delete address", &self.name)?

@@ -81,6 +81,7 @@ const RTPROT_STATIC: u8 = 4;
 const RT_SCOPE_UNIVERSE: u8 = 0;
 const RT_SCOPE_LINK: u8 = 253;
 const RTN_UNICAST: u8 = 1;
+const RTN_LOCAL: u8 = 2;
 
 /// The TUN driver's view of a device, from `IFLA_INFO_DATA` of kind "tun".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -684,6 +685,24 @@ impl Netlink {
             req = req.attr(RTA_PRIORITY, &m.to_ne_bytes());
         }
         self.transact(req).map(drop)
+    }
+
+    /// Whether the kernel would deliver a packet for `addr` locally (`ip route get` says
+    /// "local"). An IPv6 address is assigned before its local route exists: addrconf adds
+    /// the route from a work queue once the link is up, even with duplicate address
+    /// detection off, and until then packets to it are dropped as not ours.
+    pub fn is_local(&mut self, addr: IpAddr) -> NlResult<bool> {
+        let bits = if addr.is_ipv4() { 32 } else { 128 };
+        let req = Request::new(RTM_GETROUTE, 0)
+            .rtmsg(family(&addr), bits, 0)
+            .attr(RTA_DST, &ip_bytes(&addr));
+        match self.transact(req) {
+            Ok(msgs) => Ok(msgs
+                .iter()
+                .any(|(t, p)| *t == RTM_NEWROUTE && p.get(7) == Some(&RTN_LOCAL))),
+            Err(e) if e.errno == libc::ENETUNREACH || e.errno == libc::EHOSTUNREACH => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Lists the main-table routes whose output interface is `index`.
