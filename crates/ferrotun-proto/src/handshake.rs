@@ -507,7 +507,9 @@ pub struct PeerHandshake {
     last_initiation_consumed: Option<Instant>,
     initiation: Option<InitiatorState>,
     cookie: Option<(Zeroizing<[u8; MAC_LEN]>, Instant)>,
-    last_mac1: Option<[u8; MAC_LEN]>,
+    /// mac1 of the last handshake message we sent, and that message's sender index: the
+    /// only message a cookie reply may answer.
+    last_mac1: Option<(u32, [u8; MAC_LEN])>,
 }
 
 impl std::fmt::Debug for PeerHandshake {
@@ -562,7 +564,7 @@ impl PeerHandshake {
     }
 
     /// Writes mac1, and mac2 when we hold a fresh cookie, into the last 32 bytes of `msg`.
-    fn add_macs(&mut self, msg: &mut [u8], now: Instant) {
+    fn add_macs(&mut self, msg: &mut [u8], sender: u32, now: Instant) {
         let n = msg.len();
         let mac1 = mac(&self.mac1_key, &msg[..n - 2 * MAC_LEN]);
         msg[n - 2 * MAC_LEN..n - MAC_LEN].copy_from_slice(&mac1);
@@ -573,7 +575,7 @@ impl PeerHandshake {
             _ => None,
         };
         msg[n - MAC_LEN..].copy_from_slice(&fresh.unwrap_or([0; MAC_LEN]));
-        self.last_mac1 = Some(mac1);
+        self.last_mac1 = Some((sender, mac1));
     }
 
     /// Writes an initiation into `out[..148]` and remembers it as outstanding. The first
@@ -614,7 +616,7 @@ impl PeerHandshake {
         let tag = aead_seal(&k, 0, &h, &mut field[..TAI64N_LEN]);
         field[TAI64N_LEN..].copy_from_slice(&tag);
         h = hash(&[&h, field]);
-        self.add_macs(m.bytes_mut(), now);
+        self.add_macs(m.bytes_mut(), local_index, now);
         self.initiation = Some(InitiatorState {
             local_index,
             chaining_key: ck,
@@ -689,7 +691,7 @@ impl PeerHandshake {
         m.set_receiver(pending.sender);
         m.field_mut(response::EPHEMERAL).copy_from_slice(&e_pub);
         m.field_mut(response::EMPTY).copy_from_slice(&tag);
-        self.add_macs(m.bytes_mut(), now);
+        self.add_macs(m.bytes_mut(), local_index, now);
 
         // Commit the replay state only now that everything succeeded.
         self.latest_timestamp = Some(timestamp);
@@ -763,8 +765,9 @@ impl PeerHandshake {
     /// then used for mac2 for two minutes (minus latency). One cookie per message sent.
     pub fn consume_cookie_reply(&mut self, msg: &[u8], now: Instant) -> Result<(), HandshakeError> {
         let m = CookieReply::new_checked(msg)?;
-        let Some(mac1) = self.last_mac1 else {
-            return Err(HandshakeError::UnexpectedCookieReply);
+        let mac1 = match self.last_mac1 {
+            Some((index, mac1)) if index == m.receiver() => mac1,
+            _ => return Err(HandshakeError::UnexpectedCookieReply),
         };
         let enc = m.encrypted_cookie();
         let mut cookie = Zeroizing::new([0u8; MAC_LEN]);

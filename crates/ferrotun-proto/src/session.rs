@@ -634,10 +634,6 @@ impl Session {
         if Self::due(self.keepalive_at, now) {
             self.keepalive_at = None;
             self.keepalive_due = true;
-            if self.need_another_keepalive {
-                self.need_another_keepalive = false;
-                self.keepalive_at = Some(now + self.config.keepalive_timeout);
-            }
         }
         if Self::due(self.new_handshake_at, now) {
             // Data sent, nothing heard for KEEPALIVE_TIMEOUT + REKEY_TIMEOUT.
@@ -686,6 +682,13 @@ impl Session {
                 let (counter, initiator, created) = (k.send_counter(), k.is_initiator(), k.created());
                 self.on_any_authenticated_packet_traversal(now);
                 self.on_any_authenticated_packet_sent();
+                // Data arrived while the keepalive timer ran: arm it again after this
+                // keepalive (the intent of the driver's `timer_need_another_keepalive`;
+                // there the asynchronous send completion usually cancels the re-arm).
+                if self.need_another_keepalive {
+                    self.need_another_keepalive = false;
+                    self.keepalive_at = Some(now + self.config.keepalive_timeout);
+                }
                 self.keep_key_fresh_send(counter, initiator, created, now);
                 return Ok(Some(Transmit::Keepalive(n)));
             }
