@@ -3,7 +3,7 @@
 //! are really gone afterwards. They run as root (sudo ./scripts/test.sh, and CI).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Command;
@@ -274,7 +274,7 @@ fn signals_deadlines_logs_and_sigkill_for_the_stubborn() {
         .expect("spawn");
     stubborn.wait_for_output("ready", T).expect("ready");
     let status = stubborn.kill(Duration::from_millis(200)).expect("kill");
-    assert_eq!(status.signal(), Some(libc_sigkill()));
+    assert_eq!(status.signal(), Some(9), "SIGKILL");
 
     // A process that exits before printing what a test waits for fails the wait at once.
     let mut quitter = lab
@@ -287,10 +287,6 @@ fn signals_deadlines_logs_and_sigkill_for_the_stubborn() {
         .wait_for_output("never printed", T)
         .expect_err("exited first");
     assert!(err.to_string().contains("bye"), "{err}");
-}
-
-fn libc_sigkill() -> i32 {
-    9
 }
 
 #[test]
@@ -310,42 +306,82 @@ fn wait_until_names_what_it_waited_for() {
     .expect("becomes true");
 }
 
+/// Set in the environment of the copy of this test binary that builds a lab and waits to
+/// be SIGKILLed.
+const KILLED_RUN: &str = "FERROTUN_LAB_KILLED_RUN_PROBE";
+
+fn process_gone(pid: u32) -> bool {
+    // Gone, or a zombie waiting for whoever inherited it.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
 #[test]
-fn reap_stale_removes_namespaces_and_processes_of_dead_runs() {
+fn reap_stale_cleans_up_after_a_sigkilled_run() {
+    if std::env::var_os(KILLED_RUN).is_some() {
+        // The run that gets killed: a lab with a process inside, then wait for SIGKILL.
+        let lab = Lab::two_hosts().expect("lab");
+        let sleeper = lab
+            .spawn("sleeper", lab.b().command("sleep").arg("300"))
+            .expect("spawn");
+        println!(
+            "LAB {} {} {}",
+            lab.a().ns().name(),
+            lab.b().ns().name(),
+            sleeper.pid()
+        );
+        std::io::Write::flush(&mut std::io::stdout()).expect("flush");
+        loop {
+            std::thread::park();
+        }
+    }
     require_lab().expect("lab");
-    // A pid that surely ended: a child we waited for.
-    let mut child = Command::new("true").spawn().expect("spawn true");
-    let dead = child.id();
-    child.wait().expect("wait");
-    let name = format!("ft{dead}-0-stale");
-    let out = Command::new("ip")
-        .args(["netns", "add", &name])
-        .output()
-        .expect("ip netns add");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut leftover = Command::new("ip")
-        .args(["netns", "exec", &name, "sleep", "300"])
+    let exe = std::env::current_exe().expect("current exe");
+    let mut run = Command::new(exe)
+        .args([
+            "--exact",
+            "reap_stale_cleans_up_after_a_sigkilled_run",
+            "--nocapture",
+        ])
+        .env(KILLED_RUN, "1")
+        .stdout(std::process::Stdio::piped())
         .spawn()
-        .expect("spawn leftover");
-    let leftover_pid = leftover.id();
-    wait_until("the leftover to be inside", T, || {
-        std::fs::read_to_string(format!("/proc/{leftover_pid}/comm"))
-            .is_ok_and(|c| c.trim() == "sleep")
-    })
-    .expect("leftover started");
-    // Our own live namespaces are not touched.
+        .expect("start the run to kill");
+    let mut out = std::io::BufReader::new(run.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut out, &mut line).expect("read");
+        assert!(n > 0, "the probe run ended without printing its lab");
+        if line.starts_with("LAB ") {
+            break;
+        }
+    }
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (ns_a, ns_b) = (fields[1].to_owned(), fields[2].to_owned());
+    let sleeper: u32 = fields[3].parse().expect("pid");
+    run.kill().expect("SIGKILL the run");
+    run.wait().expect("reap the run");
+    // Killed without unwinding: everything is still there.
+    assert!(netns_exists(&ns_a) && netns_exists(&ns_b));
+    assert!(!process_gone(sleeper));
     let mine = Netns::new("mine").expect("netns");
 
     let reaped = reap_stale().expect("reap");
-    assert!(reaped.contains(&name), "{reaped:?}");
-    assert!(!netns_exists(&name));
-    assert!(netns_exists(mine.name()));
-    let status = leftover.wait().expect("wait leftover");
-    assert_eq!(status.signal(), Some(libc_sigkill()));
+    assert!(
+        reaped.contains(&ns_a) && reaped.contains(&ns_b),
+        "{reaped:?}"
+    );
+    assert!(!netns_exists(&ns_a) && !netns_exists(&ns_b));
+    assert!(
+        netns_exists(mine.name()),
+        "a live run's namespace was reaped"
+    );
+    wait_until("the orphaned sleeper to die", T, || process_gone(sleeper)).expect("sleeper killed");
 }
 
 #[test]
@@ -395,7 +431,15 @@ fn require_lab_fails_plainly_without_root() {
         return;
     }
     require_lab().expect("this test itself runs as root");
-    let exe = std::env::current_exe().expect("current exe");
+    // The build directory may sit where uid 65534 cannot reach (a home of mode 700):
+    // run a copy from a directory everyone can read.
+    let dir = tempfile::Builder::new()
+        .prefix("ferrotun-lab-probe-")
+        .tempdir()
+        .expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let exe = dir.path().join("probe");
+    std::fs::copy(std::env::current_exe().expect("current exe"), &exe).expect("copy");
     let out = Command::new("setpriv")
         .args([
             "--reuid=65534",
