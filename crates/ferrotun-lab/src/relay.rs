@@ -223,20 +223,23 @@ pub struct DirectionStats {
     pub delayed: u64,
     /// Sends that failed (e.g. the upstream port was closed).
     pub send_errors: u64,
+    /// Datagrams held back or delayed and not sent yet (a snapshot, not a total).
+    pub pending: u64,
 }
 
 impl fmt::Display for DirectionStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "received={} forwarded={} dropped={} duplicated={} reordered={} delayed={} send_errors={}",
+            "received={} forwarded={} dropped={} duplicated={} reordered={} delayed={} send_errors={} pending={}",
             self.received,
             self.forwarded,
             self.dropped,
             self.duplicated,
             self.reordered,
             self.delayed,
-            self.send_errors
+            self.send_errors,
+            self.pending
         )
     }
 }
@@ -501,6 +504,8 @@ struct Engine {
     held: [VecDeque<Held>; 2],
     scheduled: BinaryHeap<Reverse<Scheduled>>,
     order: u64,
+    /// Counts not yet published to `shared.stats`; see [`Engine::publish`].
+    tally: [DirectionStats; 2],
 }
 
 /// Datagrams read from one socket before the others get a turn.
@@ -529,6 +534,7 @@ impl Engine {
             held: [VecDeque::new(), VecDeque::new()],
             scheduled: BinaryHeap::new(),
             order: 0,
+            tally: [DirectionStats::default(); 2],
         }
     }
 
@@ -647,22 +653,22 @@ impl Engine {
             rng.next_f64(),
         );
         let now = Instant::now();
-        let mut stats = lock(&self.shared.stats);
-        let s = stats.direction_mut(direction);
-        s.received += 1;
+        let t = &mut self.tally[d];
+        t.received += 1;
         if r_loss < imp.loss {
-            s.dropped += 1;
+            t.dropped += 1;
+            self.publish();
             return;
         }
         let copies = if r_dup < imp.duplicate {
-            s.duplicated += 1;
+            t.duplicated += 1;
             2
         } else {
             1
         };
         let delay = imp.delay + imp.jitter.mul_f64(r_jitter);
         if !delay.is_zero() {
-            s.delayed += 1;
+            t.delayed += 1;
         }
         let out = Outgoing {
             direction,
@@ -671,17 +677,17 @@ impl Engine {
             copies,
         };
         if r_reorder < imp.reorder {
-            s.reordered += 1;
-            drop(stats);
+            t.reordered += 1;
+            t.pending += 1;
             self.held[d].push_back(Held {
                 remaining: imp.reorder_gap.max(1),
                 deadline: now + REORDER_MAX_HOLD,
                 delay,
                 out,
             });
+            self.publish();
             return;
         }
-        drop(stats);
         self.emit(out, delay, now);
         // This datagram overtook everything held in its direction; release those whose
         // gap is now used up, oldest first.
@@ -690,18 +696,22 @@ impl Engine {
             self.held[d][i].remaining -= 1;
             if self.held[d][i].remaining == 0 {
                 if let Some(h) = self.held[d].remove(i) {
+                    self.tally[d].pending = self.tally[d].pending.wrapping_sub(1);
                     self.emit(h.out, h.delay, now);
                 }
             } else {
                 i += 1;
             }
         }
+        self.publish();
     }
 
+    /// Sends `out` now, or schedules it after `delay`.
     fn emit(&mut self, out: Outgoing, delay: Duration, now: Instant) {
         if delay.is_zero() {
             self.send(&out);
         } else {
+            self.tally[out.direction.index()].pending += 1;
             self.order += 1;
             self.scheduled.push(Reverse(Scheduled {
                 at: now + delay,
@@ -711,9 +721,7 @@ impl Engine {
         }
     }
 
-    fn send(&self, out: &Outgoing) {
-        let mut sent = 0;
-        let mut errors = 0;
+    fn send(&mut self, out: &Outgoing) {
         for _ in 0..out.copies {
             let result = match out.direction {
                 Direction::ToUpstream => self.clients[out.client].socket.send(&out.data),
@@ -721,15 +729,32 @@ impl Engine {
                     .listen
                     .send_to(&out.data, self.clients[out.client].addr),
             };
+            let t = &mut self.tally[out.direction.index()];
             match result {
-                Ok(_) => sent += 1,
-                Err(_) => errors += 1,
+                Ok(_) => t.forwarded += 1,
+                Err(_) => t.send_errors += 1,
             }
         }
+    }
+
+    /// Adds what happened since the last call to the shared counters, in one step: an
+    /// observer never sees a datagram counted as received but not yet as forwarded,
+    /// dropped or pending.
+    fn publish(&mut self) {
         let mut stats = lock(&self.shared.stats);
-        let s = stats.direction_mut(out.direction);
-        s.forwarded += sent;
-        s.send_errors += errors;
+        for direction in [Direction::ToUpstream, Direction::ToClient] {
+            let t = std::mem::take(&mut self.tally[direction.index()]);
+            let s = stats.direction_mut(direction);
+            s.received += t.received;
+            s.forwarded += t.forwarded;
+            s.dropped += t.dropped;
+            s.duplicated += t.duplicated;
+            s.reordered += t.reordered;
+            s.delayed += t.delayed;
+            s.send_errors += t.send_errors;
+            // Pending moves both ways; the tally holds it as a wrapping difference.
+            s.pending = s.pending.wrapping_add(t.pending);
+        }
     }
 
     fn next_timer(&self) -> Option<Instant> {
@@ -746,15 +771,19 @@ impl Engine {
         for d in 0..2 {
             while self.held[d].front().is_some_and(|h| h.deadline <= now) {
                 if let Some(h) = self.held[d].pop_front() {
+                    self.tally[d].pending = self.tally[d].pending.wrapping_sub(1);
                     self.emit(h.out, h.delay, now);
                 }
             }
         }
         while self.scheduled.peek().is_some_and(|Reverse(s)| s.at <= now) {
             if let Some(Reverse(s)) = self.scheduled.pop() {
+                let d = s.out.direction.index();
+                self.tally[d].pending = self.tally[d].pending.wrapping_sub(1);
                 self.send(&s.out);
             }
         }
+        self.publish();
     }
 }
 

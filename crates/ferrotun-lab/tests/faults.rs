@@ -144,17 +144,19 @@ impl RelayRig {
         send_sequence(&self.client, self.relay.local_addr(), seqs, 100).expect("send");
     }
 
-    /// Waits until the relay has seen `n` datagrams from the client and everything it
-    /// forwarded both ways has arrived.
+    /// Waits until the relay has seen `n` datagrams from the client, holds none back, and
+    /// everything it forwarded both ways has arrived.
     fn settle(&self, n: u64) -> RelayStats {
-        wait_until("the relay to read every datagram", T, || {
-            self.relay.stats().to_upstream.received == n
+        wait_until("the relay to read and send on every datagram", T, || {
+            let s = self.relay.stats();
+            s.to_upstream.received == n && s.to_upstream.pending == 0
         })
-        .expect("relay received all");
+        .unwrap_or_else(|e| panic!("{e}; stats {}", self.relay.stats()));
         wait_until("the relay's forwards and echoes to arrive", T, || {
             let s = self.relay.stats();
             self.server.count() as u64 == s.to_upstream.forwarded
                 && s.to_client.received == s.to_upstream.forwarded
+                && s.to_client.pending == 0
                 && self.replies.count() as u64 == s.to_client.forwarded
         })
         .unwrap_or_else(|e| panic!("{e}; stats {}", self.relay.stats()));
