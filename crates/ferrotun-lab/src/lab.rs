@@ -434,12 +434,19 @@ impl Lab {
     }
 }
 
+/// Prefix of a lab's log directory in the temp dir; [`crate::reap_stale`] removes those
+/// of dead runs.
+pub(crate) const LOG_DIR_PREFIX: &str = "ferrotun-lab-";
+
 fn log_dir() -> Result<tempfile::TempDir> {
+    let keep = std::env::var_os("FERROTUN_LAB_KEEP_LOGS").is_some();
+    // Kept directories get a name reap_stale does not match.
+    let kept = if keep { "kept-" } else { "" };
     let mut dir = tempfile::Builder::new()
-        .prefix(&format!("ferrotun-lab-{}-", std::process::id()))
+        .prefix(&format!("{LOG_DIR_PREFIX}{kept}{}-", std::process::id()))
         .tempdir()
         .map_err(LabError::io("creating the lab's log directory"))?;
-    if std::env::var_os("FERROTUN_LAB_KEEP_LOGS").is_some() {
+    if keep {
         dir.disable_cleanup(true);
         eprintln!("ferrotun-lab: keeping logs in {}", dir.path().display());
     }

@@ -74,7 +74,7 @@ pub fn require_lab() -> Result<()> {
 
 /// Deletes namespaces left behind by earlier lab runs that were killed before they could
 /// clean up (`ft<pid>-...` whose pid no longer runs), after killing any process still
-/// inside them. Returns the names it deleted.
+/// inside them, and those runs' log directories. Returns the namespaces it deleted.
 ///
 /// A pid that was reused by an unrelated process keeps its namespace until that process
 /// ends; nothing else is touched.
@@ -85,6 +85,7 @@ pub fn reap_stale() -> Result<Vec<String>> {
         Err(e) => return Err(LabError::io(format!("listing {NETNS_DIR}"))(e)),
     };
     let me = std::process::id();
+    reap_log_dirs(me);
     let mut reaped = Vec::new();
     for entry in entries {
         let entry = entry.map_err(LabError::io(format!("listing {NETNS_DIR}")))?;
@@ -104,6 +105,29 @@ pub fn reap_stale() -> Result<Vec<String>> {
         }
     }
     Ok(reaped)
+}
+
+/// Removes the log directories of dead runs (`ferrotun-lab-<pid>-*` in the temp dir);
+/// best effort, since they are only files.
+fn reap_log_dirs(me: u32) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(crate::lab::LOG_DIR_PREFIX) else {
+            continue;
+        };
+        let pid = rest
+            .split_once('-')
+            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && pid != me
+            && !pid_alive(pid)
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// The pid in a lab namespace name `ft<pid>-...`, or `None` for any other name.
@@ -179,7 +203,20 @@ impl Netns {
         );
         {
             let _serial = ADD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-            cmd::run(Command::new("ip").args(["netns", "add", &name]))?;
+            cmd::run(Command::new("ip").args(["netns", "add", &name])).map_err(|e| match e {
+                // Root without CAP_SYS_ADMIN (a restricted container) ends up here.
+                LabError::Command { command, stderr, .. }
+                    if stderr.contains("Operation not permitted")
+                        || stderr.contains("Permission denied") =>
+                {
+                    LabError::NeedsRoot {
+                        detail: format!(
+                            "`{command}` was refused ({stderr}); the lab needs CAP_SYS_ADMIN and CAP_NET_ADMIN"
+                        ),
+                    }
+                }
+                e => e,
+            })?;
         }
         let ns = Netns {
             path: Path::new(NETNS_DIR).join(&name),

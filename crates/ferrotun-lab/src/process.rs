@@ -29,13 +29,16 @@ pub fn wait_until(
     timeout: Duration,
     mut done: impl FnMut() -> bool,
 ) -> Result<()> {
-    wait_for(
-        what,
-        timeout,
-        || {
-            if done() { Ok(()) } else { Err("not yet") }
-        },
-    )
+    let result = wait_for(what, timeout, || if done() { Ok(()) } else { Err("") });
+    match result {
+        // "last" would only say "not yet": leave it out of the message.
+        Err(LabError::Timeout { what, waited, .. }) => Err(LabError::Timeout {
+            what,
+            waited,
+            last: None,
+        }),
+        other => other,
+    }
 }
 
 /// Polls `attempt` until it returns `Ok` or `timeout` passes, and returns the value. On

@@ -472,7 +472,7 @@ impl UdpSink {
     /// Waits until at least `n` datagrams have arrived.
     pub fn wait_for_count(&self, n: usize, timeout: Duration) -> Result<()> {
         wait_until(
-            format_args!("{n} datagrams at {} (have {})", self.local, self.count()),
+            format_args!("{n} datagrams at {}", self.local),
             timeout,
             || self.count() >= n,
         )

@@ -329,10 +329,11 @@ fn reap_stale_cleans_up_after_a_sigkilled_run() {
             .spawn("sleeper", lab.b().command("sleep").arg("300"))
             .expect("spawn");
         println!(
-            "LAB {} {} {}",
+            "LAB {} {} {} {}",
             lab.a().ns().name(),
             lab.b().ns().name(),
-            sleeper.pid()
+            sleeper.pid(),
+            lab.log_dir().display()
         );
         std::io::Write::flush(&mut std::io::stdout()).expect("flush");
         loop {
@@ -364,11 +365,13 @@ fn reap_stale_cleans_up_after_a_sigkilled_run() {
     let fields: Vec<&str> = line.split_whitespace().collect();
     let (ns_a, ns_b) = (fields[1].to_owned(), fields[2].to_owned());
     let sleeper: u32 = fields[3].parse().expect("pid");
+    let log_dir = Path::new(fields[4]).to_owned();
     run.kill().expect("SIGKILL the run");
     run.wait().expect("reap the run");
     // Killed without unwinding: everything is still there.
     assert!(netns_exists(&ns_a) && netns_exists(&ns_b));
     assert!(!process_gone(sleeper));
+    assert!(log_dir.exists());
     let mine = Netns::new("mine").expect("netns");
 
     let reaped = reap_stale().expect("reap");
@@ -440,32 +443,42 @@ fn require_lab_fails_plainly_without_root() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let exe = dir.path().join("probe");
     std::fs::copy(std::env::current_exe().expect("current exe"), &exe).expect("copy");
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(&exe)
-        .args([
-            "--exact",
-            "require_lab_fails_plainly_without_root",
-            "--nocapture",
-        ])
-        .env(PROBE, "1")
-        .output()
-        .expect("run setpriv");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("PROBE-ERROR: "))
-        .unwrap_or_else(|| panic!("no probe output: {stdout}"));
-    assert!(line.contains("needs root"), "{line}");
-    assert!(line.contains("sudo ./scripts/test.sh"), "{line}");
+    let probe = |setpriv_args: &[&str]| {
+        let out = Command::new("setpriv")
+            .args(setpriv_args)
+            .arg(&exe)
+            .args([
+                "--exact",
+                "require_lab_fails_plainly_without_root",
+                "--nocapture",
+            ])
+            .env(PROBE, "1")
+            .output()
+            .expect("run setpriv");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("PROBE-ERROR: "))
+            .unwrap_or_else(|| panic!("no probe output: {stdout}"))
+            .to_owned();
+        assert!(line.contains("needs root"), "{line}");
+        assert!(line.contains("sudo ./scripts/test.sh"), "{line}");
+        line
+    };
+    // An ordinary user.
+    let line = probe(&[
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+    ]);
+    assert!(line.contains("uid 65534"), "{line}");
+    // Root without CAP_SYS_ADMIN, as in a restricted container.
+    let line = probe(&["--bounding-set=-sys_admin", "--inh-caps=-sys_admin"]);
+    assert!(line.contains("CAP_SYS_ADMIN"), "{line}");
 }
