@@ -309,22 +309,36 @@ fn relay_keeps_several_clients_apart() {
     let lab = Lab::star(3).expect("lab");
     let (a, b, c) = (lab.a(), lab.b(), lab.host("c").expect("c"));
     let server = UdpSink::echo(c.ns(), addr(c, 0)).expect("server");
-    let relay = Relay::start(c.ns(), addr(c, 0), server.local_addr(), 11).expect("relay");
-    let clients: Vec<(UdpSocket, UdpSink)> = [a, b]
-        .iter()
-        .map(|h| {
-            let s = h.ns().udp_bind(addr(h, 0)).expect("client");
-            let r = UdpSink::spawn(s.try_clone().expect("clone"), false).expect("replies");
-            (s, r)
-        })
-        .collect();
-    send_sequence(&clients[0].0, relay.local_addr(), 0..300, 64).expect("send a");
-    send_sequence(&clients[1].0, relay.local_addr(), 1000..1300, 64).expect("send b");
+    // Dual-stack listener: client a comes over IPv4, client b over IPv6.
+    let relay =
+        Relay::start(c.ns(), "[::]:0".parse().unwrap(), server.local_addr(), 11).expect("relay");
+    let port = relay.local_addr().port();
+    let via = [
+        SocketAddr::new(c.v4().into(), port),
+        SocketAddr::new(c.v6().into(), port),
+    ];
+    let clients: Vec<(UdpSocket, UdpSink)> = [
+        SocketAddr::new(a.v4().into(), 0),
+        SocketAddr::new(b.v6().into(), 0),
+    ]
+    .iter()
+    .zip([a, b])
+    .map(|(bind, h)| {
+        let s = h.ns().udp_bind(*bind).expect("client");
+        let r = UdpSink::spawn(s.try_clone().expect("clone"), false).expect("replies");
+        (s, r)
+    })
+    .collect();
+    send_sequence(&clients[0].0, via[0], 0..300, 64).expect("send a");
+    send_sequence(&clients[1].0, via[1], 1000..1300, 64).expect("send b");
     for (_, replies) in &clients {
         replies.wait_for_count(300, T).expect("replies");
     }
     assert_eq!(clients[0].1.seqs(), (0..300).collect::<Vec<_>>());
     assert_eq!(clients[1].1.seqs(), (1000..1300).collect::<Vec<_>>());
+    // Replies come from the address each client sent to.
+    assert_eq!(clients[0].1.received()[0].from, via[0]);
+    assert_eq!(clients[1].1.received()[0].from, via[1]);
     let stats = relay.stop().expect("stop");
     assert_eq!(stats.clients, 2);
     assert_eq!(stats.to_upstream.forwarded, 600);
