@@ -739,5 +739,7 @@ impl Session {
     }
 }
 
+mod split;
+
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,131 @@
+//! The tunnel's network interface: created, configured and brought up before any packet
+//! moves, and taken down (down hook first) when the tunnel stops.
+//!
+//! Order matters (DESIGN.md, "Linux pitfalls"): the device is fully configured (MAC, MTU,
+//! addresses, up, addresses usable, routes) and the `up` hook has succeeded before the data
+//! path reads from it. Any failure on the way drops the device, which removes it: no
+//! half-configured interface is ever left behind.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use ferrotun_device::{DeviceBuilder, DeviceError, Link, Mode, Queue};
+use ipnet::IpNet;
+
+use crate::config::{Hooks, InterfaceConfig};
+use crate::hooks::{self, HookEnv};
+
+/// How long addresses may take to become usable after the link comes up.
+const ADDRESS_READY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A configured tunnel interface.
+pub struct Interface {
+    link: Link,
+    mode: Mode,
+    mtu: u32,
+    queues: Vec<Queue>,
+    /// A duplicate of the first queue's descriptor: it keeps the device in existence after
+    /// the data path has dropped its queues, until the `down` hook has run.
+    keeper: std::os::fd::OwnedFd,
+    down_hook: Option<String>,
+    env: HookEnv,
+}
+
+impl Interface {
+    /// Creates and configures the device, adds `routes` that the interface's own address
+    /// prefixes do not cover already, and runs the `up` hook.
+    pub fn up(cfg: &InterfaceConfig, routes: &[IpNet], hooks: &Hooks) -> anyhow::Result<Interface> {
+        let dev = DeviceBuilder::new(&cfg.name, cfg.mode).open()?;
+        let link = dev.link().clone();
+        let name = link.name().to_owned();
+        if let Some(mac) = cfg.mac {
+            link.set_mac(mac)?;
+        }
+        link.set_mtu(cfg.mtu)?;
+        for a in &cfg.addresses {
+            link.add_address(*a)?;
+        }
+        link.set_up(true)?;
+        link.wait_addresses_ready(ADDRESS_READY_TIMEOUT)?;
+        for r in routes {
+            let covered = cfg
+                .addresses
+                .iter()
+                .any(|a| a.trunc().contains(r) || a.trunc() == *r);
+            if covered {
+                continue;
+            }
+            match link.add_route(*r, None) {
+                Ok(()) => tracing::debug!(interface = %name, route = %r, "route added"),
+                Err(DeviceError::RouteExists { dest }) => {
+                    tracing::warn!(interface = %name, route = %dest, "a route to this prefix exists already; leaving it as it is")
+                }
+                Err(e) => return Err(e).context(format!("routing {r} through {name}")),
+            }
+        }
+        let env = HookEnv {
+            interface: name.clone(),
+            addresses: cfg.addresses.clone(),
+            mtu: cfg.mtu,
+            mode: cfg.mode,
+        };
+        if let Some(up) = &hooks.up {
+            match hooks::run("up", up, &env) {
+                Ok(out) => log_output("up", &out),
+                Err(e) => bail!(e),
+            }
+        }
+        let keeper = std::os::fd::AsFd::as_fd(&dev.queues()[0])
+            .try_clone_to_owned()
+            .context("duplicating the device descriptor")?;
+        tracing::info!(interface = %name, mode = %cfg.mode, mtu = cfg.mtu, "interface up");
+        Ok(Interface {
+            keeper,
+            link,
+            mode: cfg.mode,
+            mtu: cfg.mtu,
+            queues: dev.into_queues(),
+            down_hook: hooks.down.clone(),
+            env,
+        })
+    }
+
+    /// The interface's real name.
+    pub fn name(&self) -> &str {
+        self.link.name()
+    }
+
+    /// TUN or TAP.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The MTU.
+    pub fn mtu(&self) -> u32 {
+        self.mtu
+    }
+
+    /// Takes the device's queues for the data path.
+    pub fn take_queues(&mut self) -> Vec<Queue> {
+        std::mem::take(&mut self.queues)
+    }
+
+    /// Runs the `down` hook (its failure is logged, not fatal: the tunnel is going away
+    /// regardless). The device itself goes when the last queue is dropped.
+    pub fn down(self) {
+        if let Some(down) = &self.down_hook {
+            match hooks::run("down", down, &self.env) {
+                Ok(out) => log_output("down", &out),
+                Err(e) => tracing::error!("{e}"),
+            }
+        }
+        drop(self.keeper);
+        tracing::info!(interface = %self.link.name(), "interface down");
+    }
+}
+
+fn log_output(hook: &str, out: &str) {
+    for line in out.lines().filter(|l| !l.trim().is_empty()) {
+        tracing::info!(hook, "{line}");
+    }
+}
