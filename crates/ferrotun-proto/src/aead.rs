@@ -27,7 +27,12 @@ pub struct AeadError;
 /// ChaCha20-Poly1305 with WireGuard's counter nonce, sealing and opening in place.
 pub trait Aead: Send + Sync {
     /// Encrypts `buf` in place under `nonce(counter)` and `aad`; returns the tag.
-    fn seal_in_place(&self, counter: u64, aad: &[u8], buf: &mut [u8]) -> Result<[u8; TAG_LEN], AeadError>;
+    fn seal_in_place(
+        &self,
+        counter: u64,
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], AeadError>;
     /// Decrypts `buf` in place and verifies `tag`. On error the contents of `buf` are
     /// unspecified (callers must discard them).
     fn open_in_place(
@@ -77,7 +82,12 @@ impl RingChaCha {
 
 impl Aead for RingChaCha {
     #[inline]
-    fn seal_in_place(&self, counter: u64, aad: &[u8], buf: &mut [u8]) -> Result<[u8; TAG_LEN], AeadError> {
+    fn seal_in_place(
+        &self,
+        counter: u64,
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], AeadError> {
         let nonce = Nonce::assume_unique_for_key(counter_nonce(counter));
         let tag = self
             .0
@@ -116,7 +126,12 @@ impl RustCryptoChaCha {
 
 impl Aead for RustCryptoChaCha {
     #[inline]
-    fn seal_in_place(&self, counter: u64, aad: &[u8], buf: &mut [u8]) -> Result<[u8; TAG_LEN], AeadError> {
+    fn seal_in_place(
+        &self,
+        counter: u64,
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], AeadError> {
         let tag = self
             .0
             .encrypt_inout_detached(&counter_nonce(counter).into(), aad, buf.into())
@@ -139,6 +154,10 @@ impl Aead for RustCryptoChaCha {
 }
 
 /// A transport key of either backend; dispatches with a `match`, no virtual call.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "kept inline: a Box would add a pointer chase to every packet, and keys live in long-lived keypairs"
+)]
 pub enum TransportAead {
     /// See [`RingChaCha`].
     Ring(RingChaCha),
@@ -164,7 +183,12 @@ impl std::fmt::Debug for TransportAead {
 
 impl Aead for TransportAead {
     #[inline]
-    fn seal_in_place(&self, counter: u64, aad: &[u8], buf: &mut [u8]) -> Result<[u8; TAG_LEN], AeadError> {
+    fn seal_in_place(
+        &self,
+        counter: u64,
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], AeadError> {
         match self {
             TransportAead::Ring(k) => k.seal_in_place(counter, aad, buf),
             TransportAead::RustCrypto(k) => k.seal_in_place(counter, aad, buf),
@@ -194,7 +218,10 @@ mod tests {
 
     fn unhex(s: &str) -> Vec<u8> {
         let s: String = s.split_whitespace().collect();
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     /// RFC 8439 §2.8.2 test vector. Its nonce `07000000 4041424344454647` is not a WireGuard
@@ -202,9 +229,10 @@ mod tests {
     /// with that nonce, and our trait is checked against the raw crates below.
     #[test]
     fn rfc8439_section_2_8_2_vector() {
-        let key: [u8; 32] = unhex("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f")
-            .try_into()
-            .unwrap();
+        let key: [u8; 32] =
+            unhex("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f")
+                .try_into()
+                .unwrap();
         let nonce: [u8; 12] = unhex("070000004041424344454647").try_into().unwrap();
         let aad = unhex("50515253c0c1c2c3c4c5c6c7");
         let pt = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.";
@@ -219,14 +247,20 @@ mod tests {
         let mut buf = pt.to_vec();
         let k = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &key).unwrap());
         let t = k
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&aad), &mut buf)
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&aad),
+                &mut buf,
+            )
             .unwrap();
         assert_eq!(buf, ct);
         assert_eq!(t.as_ref(), &tag[..]);
 
         let mut buf = pt.to_vec();
         let c = ChaCha20Poly1305::new((&key).into());
-        let t = c.encrypt_inout_detached((&nonce).into(), &aad, buf.as_mut_slice().into()).unwrap();
+        let t = c
+            .encrypt_inout_detached((&nonce).into(), &aad, buf.as_mut_slice().into())
+            .unwrap();
         assert_eq!(buf, ct);
         assert_eq!(t.as_slice(), &tag[..]);
     }
@@ -236,9 +270,10 @@ mod tests {
     /// `0x0807060504030201`, so it runs through our trait on both backends.
     #[test]
     fn rfc8439_appendix_a5_vector_through_trait() {
-        let key: [u8; 32] = unhex("1c9240a5eb55d38af333888604f6b5f0473917c1402b80099dca5cbc207075c0")
-            .try_into()
-            .unwrap();
+        let key: [u8; 32] =
+            unhex("1c9240a5eb55d38af333888604f6b5f0473917c1402b80099dca5cbc207075c0")
+                .try_into()
+                .unwrap();
         let counter = u64::from_le_bytes([1, 2, 3, 4, 5, 6, 7, 8]);
         let aad = unhex("f33388860000000000004e91");
         let ct = unhex(
@@ -252,7 +287,9 @@ mod tests {
              49e617d91d361094fa68f0ff77987130305beaba2eda04df997b714d6c6f2c29
              a6ad5cb4022b02709b",
         );
-        let tag: [u8; 16] = unhex("eead9d67890cbb22392336fea1851f38").try_into().unwrap();
+        let tag: [u8; 16] = unhex("eead9d67890cbb22392336fea1851f38")
+            .try_into()
+            .unwrap();
         let pt_start = b"Internet-Drafts are draft documents valid for a maximum of six months";
         for backend in AeadBackend::ALL {
             let k = backend.key(&key);
@@ -265,7 +302,10 @@ mod tests {
             let mut bad = tag;
             bad[0] ^= 1;
             let mut buf = ct.clone();
-            assert_eq!(k.open_in_place(counter, &aad, &mut buf, &bad), Err(AeadError));
+            assert_eq!(
+                k.open_in_place(counter, &aad, &mut buf, &bad),
+                Err(AeadError)
+            );
         }
     }
 
@@ -305,7 +345,9 @@ mod tests {
     fn backends_identical_on_sampled_lengths_to_65535() {
         let mut rng = SeededEntropy::new(0x65535);
         let mut pt = vec![0u8; 65535];
-        let mut lens: Vec<usize> = (0..40).map(|_| 1601 + rng.below(65535 - 1601) as usize).collect();
+        let mut lens: Vec<usize> = (0..40)
+            .map(|_| 1601 + rng.below(65535 - 1601) as usize)
+            .collect();
         lens.extend([4095, 4096, 4097, 16383, 16384, 65534, 65535]);
         for len in lens {
             let mut key = [0u8; 32];

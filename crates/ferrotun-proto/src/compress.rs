@@ -13,7 +13,9 @@
 //! The compressed payload is one raw LZ4 block with no length prefix: the decompressed
 //! length is whatever the block decodes to.
 
-use lz4_flex::block::{CompressTable, compress_into_with_table, decompress_into, get_maximum_output_size};
+use lz4_flex::block::{
+    CompressTable, compress_into_with_table, decompress_into, get_maximum_output_size,
+};
 use thiserror::Error;
 
 /// After this many payloads in a row that did not shrink, stop trying for a while.
@@ -65,15 +67,21 @@ pub fn decompress(src: &[u8], dst: &mut [u8]) -> Result<usize, CompressError> {
             Err(CompressError::TooLarge { limit: dst.len() })
         }
         Err(lz4_flex::block::DecompressError::LiteralOutOfBounds) => {
-            Err(CompressError::Malformed { reason: "literal out of bounds" })
+            Err(CompressError::Malformed {
+                reason: "literal out of bounds",
+            })
         }
         Err(lz4_flex::block::DecompressError::ExpectedAnotherByte) => {
-            Err(CompressError::Malformed { reason: "truncated block" })
+            Err(CompressError::Malformed {
+                reason: "truncated block",
+            })
         }
-        Err(lz4_flex::block::DecompressError::OffsetOutOfBounds) => {
-            Err(CompressError::Malformed { reason: "match offset out of bounds" })
-        }
-        Err(_) => Err(CompressError::Malformed { reason: "invalid block" }),
+        Err(lz4_flex::block::DecompressError::OffsetOutOfBounds) => Err(CompressError::Malformed {
+            reason: "match offset out of bounds",
+        }),
+        Err(_) => Err(CompressError::Malformed {
+            reason: "invalid block",
+        }),
     }
 }
 
@@ -102,7 +110,11 @@ impl Default for Compressor {
 impl Compressor {
     /// A compressor (allocates its 16 KiB hash table once, sized for inputs up to 64 KiB).
     pub fn new() -> Self {
-        Compressor { table: CompressTable::large(), failures: 0, skip: 0 }
+        Compressor {
+            table: CompressTable::large(),
+            failures: 0,
+            skip: 0,
+        }
     }
 
     /// Compresses `src` into `dst` if that makes it strictly smaller and returns the
@@ -213,9 +225,15 @@ mod tests {
         let n = c.compress(&zeros, &mut dst).unwrap();
         assert!(n < 400, "{n}");
         let mut out = vec![0u8; 1420];
-        assert_eq!(decompress(&dst[..n], &mut out), Err(CompressError::TooLarge { limit: 1420 }));
+        assert_eq!(
+            decompress(&dst[..n], &mut out),
+            Err(CompressError::TooLarge { limit: 1420 })
+        );
         assert_eq!(decompress(&[], &mut out), Err(CompressError::Empty));
-        assert!(matches!(decompress(&[0xf0], &mut out), Err(CompressError::Malformed { .. })));
+        assert!(matches!(
+            decompress(&[0xf0], &mut out),
+            Err(CompressError::Malformed { .. })
+        ));
     }
 
     proptest! {

@@ -71,7 +71,9 @@ impl SeededEntropy {
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             z ^ (z >> 31)
         };
-        SeededEntropy { s: [next(), next(), next(), next()] }
+        SeededEntropy {
+            s: [next(), next(), next(), next()],
+        }
     }
 
     /// The next 64 random bits (infallible, unlike [`Entropy::next_u64`]).
@@ -111,7 +113,11 @@ mod tests {
 
     #[test]
     fn seeded_is_deterministic_and_seed_dependent() {
-        let (mut a, mut b, mut c) = (SeededEntropy::new(7), SeededEntropy::new(7), SeededEntropy::new(8));
+        let (mut a, mut b, mut c) = (
+            SeededEntropy::new(7),
+            SeededEntropy::new(7),
+            SeededEntropy::new(8),
+        );
         let (mut x, mut y, mut z) = ([0u8; 37], [0u8; 37], [0u8; 37]);
         a.fill(&mut x).unwrap();
         b.fill(&mut y).unwrap();

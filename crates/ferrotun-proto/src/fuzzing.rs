@@ -1,1 +1,294 @@
-//! Fuzz target bodies (hidden; not a stable API).
+//! Fuzz target bodies, shared by `fuzz/` (cargo-fuzz, nightly) and by an ordinary test
+//! that replays the committed corpus on stable (`tests/fuzz_corpus.rs`).
+//!
+//! Responsible for turning arbitrary bytes into calls of every parser and of the handshake
+//! responder, data open, decompression and the TCP codec, and for asserting the invariants
+//! that must hold whatever the input (no panic, results within bounds, round trips). Not
+//! a stable API: hidden from the docs, used only by the fuzzers and that test.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::aead::AeadBackend;
+use crate::compress::{Compressor, compress_bound, decompress};
+use crate::entropy::SeededEntropy;
+use crate::handshake::{PeerHandshake, Phase1, ResponseVerdict, Tai64N};
+use crate::ip::ip_packet_len;
+use crate::keys::{PresharedKey, PrivateKey, PublicKey};
+use crate::tcp::StreamDecoder;
+use crate::transport::Keypair;
+use crate::wire::{
+    CookieReply, DataMessage, HandshakeFlags, Initiation, Message, PayloadFlags, Response,
+    initiation,
+};
+use crate::{Identity, Session, SessionConfig, SessionIndex};
+
+/// A fuzz target body.
+pub type FuzzTarget = fn(&[u8]);
+
+/// Every fuzz target by name, for the corpus replay test.
+pub const TARGETS: &[(&str, FuzzTarget)] = &[
+    ("wire", wire),
+    ("keys", keys),
+    ("responder", responder),
+    ("data_open", data_open),
+    ("decompress", decompress_target),
+    ("tcp", tcp),
+];
+
+/// All four message parsers and `ip_packet_len`.
+pub fn wire(data: &[u8]) {
+    if let Ok(m) = Message::classify(data) {
+        let _ = (m.kind(), m.receiver_index());
+        match m {
+            Message::Initiation(i) => {
+                let _ = (
+                    i.flags(),
+                    i.sender(),
+                    i.ephemeral(),
+                    i.mac1(),
+                    i.mac2(),
+                    i.mac1_input(),
+                    i.mac2_input(),
+                );
+            }
+            Message::Response(r) => {
+                let _ = (
+                    r.flags(),
+                    r.sender(),
+                    r.receiver(),
+                    r.encrypted_empty(),
+                    r.mac2_input(),
+                );
+            }
+            Message::CookieReply(c) => {
+                let _ = (c.receiver(), c.nonce(), c.encrypted_cookie());
+            }
+            Message::Data(d) => {
+                let r = d.payload_range();
+                assert!(r.end + 16 == data.len() && r.start == 16);
+                let _ = (d.flags(), d.counter(), d.tag());
+            }
+        }
+    }
+    let _ = Initiation::new_checked(data);
+    let _ = Response::new_checked(data);
+    let _ = CookieReply::new_checked(data);
+    let _ = DataMessage::new_checked(data);
+    if let Some(n) = ip_packet_len(data) {
+        assert!(n <= data.len());
+    }
+}
+
+/// The base64 key parsers.
+pub fn keys(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Ok(k) = PublicKey::from_base64(&text) {
+        assert_eq!(PublicKey::from_base64(&k.to_base64()), Ok(k));
+    }
+    let _ = PrivateKey::from_base64(&text);
+    let _ = PresharedKey::from_base64(&text);
+}
+
+struct Fixture {
+    responder: Arc<Identity>,
+    initiator: Arc<Identity>,
+}
+
+fn fixture() -> Fixture {
+    Fixture {
+        responder: Arc::new(Identity::new(PrivateKey::from_bytes([0x11; 32]))),
+        initiator: Arc::new(Identity::new(PrivateKey::from_bytes([0x22; 32]))),
+    }
+}
+
+/// Applies `(position, xor)` byte pairs from `edits` to `msg`.
+fn mutate(msg: &mut [u8], edits: &[u8]) {
+    for e in edits.chunks_exact(2) {
+        let len = msg.len();
+        if len > 0 {
+            msg[usize::from(e[0]) * 7 % len] ^= e[1];
+        }
+    }
+}
+
+/// The handshake responder, phase 1 and phase 2 with a configured peer, then the
+/// initiator consuming the response. Byte 0 picks the mode: raw message, or a valid
+/// initiation mutated by the following `(position, xor)` pairs, with mac1 optionally
+/// recomputed so the mutation reaches the Noise layer.
+pub fn responder(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let f = fixture();
+    let mut rng = SeededEntropy::new(u64::from(mode));
+    let now = Instant::now();
+    let under_load = mode & 0x10 != 0;
+    let src = [192, 0, 2, 1, 0, 53];
+    let mut peer_i = PeerHandshake::new(
+        f.initiator.clone(),
+        f.responder.public_key(),
+        PresharedKey::none(),
+    )
+    .expect("fixed fuzz keys are valid");
+    let msg: Vec<u8> = if mode & 1 == 0 {
+        rest.to_vec()
+    } else {
+        let mut m = [0u8; 148];
+        let flags = HandshakeFlags::from_bits(mode >> 6).unwrap_or_default();
+        peer_i
+            .create_initiation(
+                0x100,
+                flags,
+                Tai64N::from_unix(1_700_000_000, 0),
+                now,
+                &mut rng,
+                &mut m,
+            )
+            .expect("creating an initiation into 148 bytes succeeds");
+        mutate(&mut m, rest);
+        if mode & 2 != 0 {
+            let key = crate::primitives::hash(&[
+                crate::handshake::LABEL_MAC1,
+                f.responder.public_key().as_bytes(),
+            ]);
+            let mac1 = crate::primitives::mac(&key, &m[..initiation::MAC1.start]);
+            m[initiation::MAC1].copy_from_slice(&mac1);
+        }
+        m.to_vec()
+    };
+    let mut reply = [0u8; 64];
+    let pending = match f
+        .responder
+        .begin_initiation(&msg, &src, under_load, now, &mut rng, &mut reply)
+    {
+        Ok(Phase1::Pending(p)) => p,
+        Ok(Phase1::CookieReply(n)) => {
+            assert_eq!(n, 64);
+            let _ = peer_i.consume_cookie_reply(&reply, now);
+            return;
+        }
+        Err(_) => return,
+    };
+    let mut session = Session::new(
+        f.responder.clone(),
+        f.initiator.public_key(),
+        None,
+        SessionIndex::new(3).expect("3 < 2^24"),
+        SessionConfig::default(),
+    )
+    .expect("fixed fuzz keys are valid");
+    let mut resp = [0u8; 92];
+    let Ok(n) = session.accept_initiation(pending, now, &mut rng, &mut resp) else {
+        return;
+    };
+    assert_eq!(n, 92);
+    if mode & 4 != 0 {
+        mutate(&mut resp, rest);
+    }
+    if let Ok(ResponseVerdict::Complete(k)) =
+        peer_i.consume_response(&resp, &src, under_load, now, &mut rng, &mut reply)
+    {
+        assert_eq!(k.remote_index >> 8, 3);
+    }
+    // The responder's session confirms and polls without panicking.
+    let _ = session.poll_transmit(
+        now + Duration::from_secs(1),
+        SystemTime::UNIX_EPOCH,
+        &mut rng,
+        &mut resp,
+    );
+}
+
+/// Data open: raw bytes, or a sealed message (payload and flags from the input) mutated by
+/// `(position, xor)` pairs. A mutated message must never open.
+pub fn data_open(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let now = Instant::now();
+    let backend = if mode & 0x80 != 0 {
+        AeadBackend::RustCrypto
+    } else {
+        AeadBackend::Ring
+    };
+    let a = Keypair::new(backend, &[1; 32], &[2; 32], 7, 9, now, true);
+    let b = Keypair::new(backend, &[2; 32], &[1; 32], 9, 7, now, false);
+    if mode & 1 == 0 {
+        let mut m = rest.to_vec();
+        if let Ok((_, r)) = b.open(&mut m) {
+            assert!(r.end <= m.len());
+        }
+        return;
+    }
+    let split = rest.len().min(usize::from(mode >> 1) * 4);
+    let (payload, edits) = rest.split_at(split);
+    let flags = PayloadFlags::from_bits((mode >> 1) & 3).unwrap_or_default();
+    let mut buf = vec![0u8; 16 + payload.len() + 32];
+    buf[16..16 + payload.len()].copy_from_slice(payload);
+    let n = a
+        .seal(flags, payload.len(), &mut buf, 1420)
+        .expect("buffer sized for padding and tag");
+    let original = buf[..n].to_vec();
+    let mut m = original.clone();
+    mutate(&mut m, edits);
+    let changed = m != original;
+    match b.open(&mut m) {
+        Ok((f, r)) => {
+            assert!(!changed, "a modified data message opened");
+            assert_eq!(f, flags);
+            assert_eq!(&m[r.start..r.start + payload.len()], payload);
+        }
+        Err(_) => assert!(changed, "an untouched data message failed to open"),
+    }
+}
+
+/// Decompression bounded by a limit from the input, and a compress/decompress round trip.
+pub fn decompress_target(data: &[u8]) {
+    let Some((head, rest)) = data.split_first_chunk::<2>() else {
+        return;
+    };
+    let limit = usize::from(u16::from_le_bytes(*head)) % 4096;
+    let mut out = vec![0u8; limit];
+    if let Ok(n) = decompress(rest, &mut out) {
+        assert!(n <= limit && n > 0);
+    }
+    let mut c = Compressor::new();
+    let mut dst = vec![0u8; compress_bound(rest.len())];
+    if let Some(n) = c.compress(rest, &mut dst) {
+        assert!(n < rest.len());
+        let mut back = vec![0u8; rest.len()];
+        assert_eq!(decompress(&dst[..n], &mut back), Ok(rest.len()));
+        assert_eq!(back, rest);
+    }
+}
+
+/// The TCP decoder with a maximum from the input, fed in chunks whose sizes come from the
+/// input too.
+pub fn tcp(data: &[u8]) {
+    let Some((head, rest)) = data.split_first_chunk::<3>() else {
+        return;
+    };
+    let max = usize::from(u16::from_le_bytes([head[0], head[1]]));
+    let chunk = usize::from(head[2]) + 1;
+    let mut d = StreamDecoder::new(max);
+    let mut off = 0;
+    while off < rest.len() {
+        let end = (off + chunk).min(rest.len());
+        while off < end {
+            let k = d.push(&rest[off..end]);
+            assert!(k > 0, "a healthy decoder always has room");
+            off += k;
+            loop {
+                match d.next_frame() {
+                    Ok(Some(f)) => assert!(!f.is_empty() && f.len() <= d.max_frame()),
+                    Ok(None) => break,
+                    Err(_) => {
+                        assert!(d.next_frame().is_err(), "errors are sticky");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}

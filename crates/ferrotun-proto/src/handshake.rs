@@ -53,7 +53,8 @@ pub const COOKIE_SECRET_LATENCY: Duration = Duration::from_secs(5);
 /// `noise.c: wg_noise_handshake_consume_initiation`).
 pub const INITIATIONS_PER_SECOND: u32 = 50;
 /// Minimum time between two consumed initiations from one peer: 1/50 s.
-pub const MIN_INITIATION_INTERVAL: Duration = Duration::from_millis(1000 / INITIATIONS_PER_SECOND as u64);
+pub const MIN_INITIATION_INTERVAL: Duration =
+    Duration::from_millis(1000 / INITIATIONS_PER_SECOND as u64);
 /// Length of a TAI64N timestamp (whitepaper §5.4.2, after cr.yp.to/libtai/tai64.html).
 pub const TAI64N_LEN: usize = 12;
 
@@ -210,7 +211,9 @@ pub struct Identity {
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity").field("public", &self.public).finish_non_exhaustive()
+        f.debug_struct("Identity")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
     }
 }
 
@@ -353,14 +356,19 @@ impl Identity {
         now: Instant,
         rng: &mut (impl Entropy + ?Sized),
     ) -> Result<Zeroizing<[u8; MAC_LEN]>, HandshakeError> {
-        let mut guard = self.cookie_secret.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self
+            .cookie_secret
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let fresh = matches!(&*guard, Some((_, born)) if now.saturating_duration_since(*born) < COOKIE_SECRET_MAX_AGE);
         if !fresh {
             let mut secret = Zeroizing::new([0u8; 32]);
             rng.fill(&mut secret[..])?;
             *guard = Some((secret, now));
         }
-        let (secret, _) = guard.as_ref().expect("the cookie secret was set just above");
+        let (secret, _) = guard
+            .as_ref()
+            .expect("the cookie secret was set just above");
         Ok(Zeroizing::new(mac(&secret[..], src)))
     }
 
@@ -432,7 +440,10 @@ impl Identity {
         static_key.copy_from_slice(&enc[..32]);
         let tag: [u8; TAG_LEN] = enc[32..].try_into().expect("48-byte field holds 32 + 16");
         if !aead_open(&k, 0, &h, &mut static_key[..], &tag) {
-            return Err(HandshakeError::Decryption { message: "initiation", field: "static key" });
+            return Err(HandshakeError::Decryption {
+                message: "initiation",
+                field: "static key",
+            });
         }
         h = hash(&[&h, enc]);
         Ok(Phase1::Pending(PendingInitiation {
@@ -523,7 +534,11 @@ impl std::fmt::Debug for PeerHandshake {
 
 impl PeerHandshake {
     /// The handshake state for peer `remote`; refuses a low-order key.
-    pub fn new(identity: Arc<Identity>, remote: PublicKey, psk: PresharedKey) -> Result<Self, KeyError> {
+    pub fn new(
+        identity: Arc<Identity>,
+        remote: PublicKey,
+        psk: PresharedKey,
+    ) -> Result<Self, KeyError> {
         let ss = remote.check_contributory(identity.private_key())?;
         Ok(PeerHandshake {
             static_static: Zeroizing::new(ss),
@@ -569,7 +584,10 @@ impl PeerHandshake {
         let mac1 = mac(&self.mac1_key, &msg[..n - 2 * MAC_LEN]);
         msg[n - 2 * MAC_LEN..n - MAC_LEN].copy_from_slice(&mac1);
         let fresh = match &self.cookie {
-            Some((c, at)) if now.saturating_duration_since(*at) < COOKIE_SECRET_MAX_AGE - COOKIE_SECRET_LATENCY => {
+            Some((c, at))
+                if now.saturating_duration_since(*at)
+                    < COOKIE_SECRET_MAX_AGE - COOKIE_SECRET_LATENCY =>
+            {
                 Some(mac(&c[..], &msg[..n - MAC_LEN]))
             }
             _ => None,
@@ -590,7 +608,10 @@ impl PeerHandshake {
         out: &mut [u8],
     ) -> Result<usize, HandshakeError> {
         let have = out.len();
-        let mut m = Initiation::emit(out, flags).ok_or(HandshakeError::BufferTooSmall { need: INITIATION_LEN, have })?;
+        let mut m = Initiation::emit(out, flags).ok_or(HandshakeError::BufferTooSmall {
+            need: INITIATION_LEN,
+            have,
+        })?;
         let ephemeral = random_secret(rng)?;
         let e_pub = x25519_dalek::PublicKey::from(&ephemeral).to_bytes();
         m.set_sender(local_index);
@@ -639,10 +660,16 @@ impl PeerHandshake {
         out: &mut [u8],
     ) -> Result<DerivedKeys, HandshakeError> {
         if pending.initiator != self.remote {
-            return Err(HandshakeError::PeerMismatch { got: pending.initiator, want: self.remote });
+            return Err(HandshakeError::PeerMismatch {
+                got: pending.initiator,
+                want: self.remote,
+            });
         }
         if out.len() < RESPONSE_LEN {
-            return Err(HandshakeError::BufferTooSmall { need: RESPONSE_LEN, have: out.len() });
+            return Err(HandshakeError::BufferTooSmall {
+                need: RESPONSE_LEN,
+                have: out.len(),
+            });
         }
         // ss
         let [ck, k] = kdf::<2>(&pending.chaining_key, &self.static_static[..]);
@@ -652,14 +679,20 @@ impl PeerHandshake {
             .try_into()
             .expect("28-byte field holds 12 + 16");
         if !aead_open(&k, 0, &pending.hash, &mut ts, &tag) {
-            return Err(HandshakeError::Decryption { message: "initiation", field: "timestamp" });
+            return Err(HandshakeError::Decryption {
+                message: "initiation",
+                field: "timestamp",
+            });
         }
         let timestamp = Tai64N(ts);
         let mut h = hash(&[&pending.hash, &pending.encrypted_timestamp]);
         if let Some(latest) = self.latest_timestamp
             && timestamp <= latest
         {
-            return Err(HandshakeError::ReplayedInitiation { got: timestamp, latest });
+            return Err(HandshakeError::ReplayedInitiation {
+                got: timestamp,
+                latest,
+            });
         }
         if let Some(last) = self.last_initiation_consumed {
             let since = now.saturating_duration_since(last);
@@ -722,14 +755,19 @@ impl PeerHandshake {
         reply: &mut [u8],
     ) -> Result<ResponseVerdict, HandshakeError> {
         let m = Response::new_checked(msg)?;
-        if let MacVerdict::CookieReply(n) =
-            self.identity.verify_response_macs(&m, src, under_load, now, rng, reply)?
+        if let MacVerdict::CookieReply(n) = self
+            .identity
+            .verify_response_macs(&m, src, under_load, now, rng, reply)?
         {
             return Ok(ResponseVerdict::CookieReply(n));
         }
         let state = match &self.initiation {
             Some(s) if s.local_index == m.receiver() => s,
-            _ => return Err(HandshakeError::UnexpectedResponse { index: m.receiver() }),
+            _ => {
+                return Err(HandshakeError::UnexpectedResponse {
+                    index: m.receiver(),
+                });
+            }
         };
         let e_r = m.ephemeral();
         let [ck] = kdf::<1>(&state.chaining_key, e_r);
@@ -745,7 +783,10 @@ impl PeerHandshake {
             h = hash(&[&h, &[flags.bits()]]);
         }
         if !aead_open(&k, 0, &h, &mut [0u8; 0], m.encrypted_empty()) {
-            return Err(HandshakeError::Decryption { message: "response", field: "empty payload" });
+            return Err(HandshakeError::Decryption {
+                message: "response",
+                field: "empty payload",
+            });
         }
         h.zeroize();
         let local_index = state.local_index;
@@ -772,9 +813,14 @@ impl PeerHandshake {
         let enc = m.encrypted_cookie();
         let mut cookie = Zeroizing::new([0u8; MAC_LEN]);
         cookie.copy_from_slice(&enc[..MAC_LEN]);
-        let tag: [u8; TAG_LEN] = enc[MAC_LEN..].try_into().expect("32-byte field holds 16 + 16");
+        let tag: [u8; TAG_LEN] = enc[MAC_LEN..]
+            .try_into()
+            .expect("32-byte field holds 16 + 16");
         if !xaead_open(&self.cookie_key, m.nonce(), &mac1, &mut cookie[..], &tag) {
-            return Err(HandshakeError::Decryption { message: "cookie reply", field: "cookie" });
+            return Err(HandshakeError::Decryption {
+                message: "cookie reply",
+                field: "cookie",
+            });
         }
         self.cookie = Some((cookie, now));
         self.last_mac1 = None;

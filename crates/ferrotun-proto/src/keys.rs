@@ -33,7 +33,9 @@ pub enum KeyError {
     #[error("the key is empty")]
     Empty,
     /// The text is far longer than any key.
-    #[error("the key text is {len} characters long; a key is {KEY_BASE64_LEN} characters of base64")]
+    #[error(
+        "the key text is {len} characters long; a key is {KEY_BASE64_LEN} characters of base64"
+    )]
     TextTooLong {
         /// Length of the text in bytes.
         len: usize,
@@ -47,7 +49,9 @@ pub enum KeyError {
         character: char,
     },
     /// The last character carries bits that do not belong to the key (corrupt or truncated text).
-    #[error("invalid final base64 character {character:?} at position {position} (trailing bits set: corrupted or truncated key)")]
+    #[error(
+        "invalid final base64 character {character:?} at position {position} (trailing bits set: corrupted or truncated key)"
+    )]
     InvalidLastCharacter {
         /// Byte offset in the text as given.
         position: usize,
@@ -94,38 +98,43 @@ fn decode_key(text: &str) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyError> {
     }
     // Room for the longest text we accept: 256 symbols decode to at most 192 bytes.
     let mut out = Zeroizing::new([0u8; MAX_KEY_TEXT / 4 * 3]);
-    let n = STANDARD.decode_slice(trimmed.as_bytes(), &mut out[..]).map_err(|e| {
-        let char_at = |offset: usize| {
-            trimmed
-                .get(offset..)
-                .and_then(|rest| rest.chars().next())
-                .unwrap_or(char::REPLACEMENT_CHARACTER)
-        };
-        match e {
-            base64::DecodeSliceError::DecodeError(d) => match d {
-                base64::DecodeError::InvalidByte(offset, _) => KeyError::InvalidCharacter {
-                    position: lead + offset,
-                    character: char_at(offset),
-                },
-                base64::DecodeError::InvalidLength(symbols) => {
-                    KeyError::InvalidBase64Length { symbols }
-                }
-                base64::DecodeError::InvalidLastSymbol { offset, .. } => {
-                    KeyError::InvalidLastCharacter {
+    let n = STANDARD
+        .decode_slice(trimmed.as_bytes(), &mut out[..])
+        .map_err(|e| {
+            let char_at = |offset: usize| {
+                trimmed
+                    .get(offset..)
+                    .and_then(|rest| rest.chars().next())
+                    .unwrap_or(char::REPLACEMENT_CHARACTER)
+            };
+            match e {
+                base64::DecodeSliceError::DecodeError(d) => match d {
+                    base64::DecodeError::InvalidByte(offset, _) => KeyError::InvalidCharacter {
                         position: lead + offset,
                         character: char_at(offset),
+                    },
+                    base64::DecodeError::InvalidLength(symbols) => {
+                        KeyError::InvalidBase64Length { symbols }
                     }
+                    base64::DecodeError::InvalidLastSymbol { offset, .. } => {
+                        KeyError::InvalidLastCharacter {
+                            position: lead + offset,
+                            character: char_at(offset),
+                        }
+                    }
+                    base64::DecodeError::InvalidPadding => KeyError::InvalidPadding,
+                },
+                // Cannot happen: the buffer holds the decoding of MAX_KEY_TEXT symbols.
+                base64::DecodeSliceError::OutputSliceTooSmall => {
+                    KeyError::TextTooLong { len: trimmed.len() }
                 }
-                base64::DecodeError::InvalidPadding => KeyError::InvalidPadding,
-            },
-            // Cannot happen: the buffer holds the decoding of MAX_KEY_TEXT symbols.
-            base64::DecodeSliceError::OutputSliceTooSmall => KeyError::TextTooLong {
-                len: trimmed.len(),
-            },
-        }
-    })?;
+            }
+        })?;
     if n != KEY_LEN {
-        return Err(KeyError::WrongLength { got: n, want: KEY_LEN });
+        return Err(KeyError::WrongLength {
+            got: n,
+            want: KEY_LEN,
+        });
     }
     let mut key = Zeroizing::new([0u8; KEY_LEN]);
     key.copy_from_slice(&out[..KEY_LEN]);
@@ -221,9 +230,13 @@ impl PublicKey {
     /// Refuses keys whose Diffie-Hellman result with our key is all zero (points of small
     /// order: RFC 7748 §6.1 allows the check; WireGuard refuses such peers).
     pub(crate) fn check_contributory(&self, ours: &PrivateKey) -> Result<[u8; KEY_LEN], KeyError> {
-        let shared = ours.secret().diffie_hellman(&x25519_dalek::PublicKey::from(self.0));
+        let shared = ours
+            .secret()
+            .diffie_hellman(&x25519_dalek::PublicKey::from(self.0));
         if !shared.was_contributory() {
-            return Err(KeyError::LowOrderPoint { key: self.to_base64() });
+            return Err(KeyError::LowOrderPoint {
+                key: self.to_base64(),
+            });
         }
         Ok(shared.to_bytes())
     }
@@ -347,7 +360,10 @@ mod tests {
         bad.replace_range(5..6, "*");
         assert_eq!(
             PublicKey::from_base64(&format!("  {bad}")),
-            Err(KeyError::InvalidCharacter { position: 7, character: '*' })
+            Err(KeyError::InvalidCharacter {
+                position: 7,
+                character: '*'
+            })
         );
     }
 
@@ -374,17 +390,26 @@ mod tests {
         s.replace_range(0..1, "é");
         assert!(matches!(
             PublicKey::from_base64(&s),
-            Err(KeyError::InvalidCharacter { position: 0, character: 'é' })
+            Err(KeyError::InvalidCharacter {
+                position: 0,
+                character: 'é'
+            })
         ));
         // URL-safe alphabet is not WireGuard's.
         let mut s = good.clone();
         s.replace_range(3..4, "-");
         assert_eq!(
             PublicKey::from_base64(&s),
-            Err(KeyError::InvalidCharacter { position: 3, character: '-' })
+            Err(KeyError::InvalidCharacter {
+                position: 3,
+                character: '-'
+            })
         );
         // Missing padding.
-        assert_eq!(PublicKey::from_base64(&good[..43]), Err(KeyError::InvalidPadding));
+        assert_eq!(
+            PublicKey::from_base64(&good[..43]),
+            Err(KeyError::InvalidPadding)
+        );
         // Truncated by one symbol: 42 symbols + '='.
         let s = format!("{}=", &good[..42]);
         assert!(PublicKey::from_base64(&s).is_err());
@@ -393,7 +418,10 @@ mod tests {
         s.replace_range(42..43, "r");
         assert_eq!(
             PublicKey::from_base64(&s),
-            Err(KeyError::InvalidLastCharacter { position: 42, character: 'r' })
+            Err(KeyError::InvalidLastCharacter {
+                position: 42,
+                character: 'r'
+            })
         );
         // A symbol count that cannot be bytes.
         assert_eq!(
@@ -422,7 +450,11 @@ mod tests {
         // u = 1 is also of small order (RFC 7748 §6.1 / cr.yp.to list).
         let mut one = [0u8; 32];
         one[0] = 1;
-        assert!(PublicKey::from_bytes(one).check_contributory(&ours).is_err());
+        assert!(
+            PublicKey::from_bytes(one)
+                .check_contributory(&ours)
+                .is_err()
+        );
     }
 
     proptest! {

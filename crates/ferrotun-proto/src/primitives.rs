@@ -73,7 +73,8 @@ pub(crate) fn kdf<const N: usize>(
     input: &[u8],
 ) -> [Zeroizing<[u8; HASH_LEN]>; N] {
     let t0 = hmac(key, &[input]);
-    let mut out: [Zeroizing<[u8; HASH_LEN]>; N] = std::array::from_fn(|_| Zeroizing::new([0; HASH_LEN]));
+    let mut out: [Zeroizing<[u8; HASH_LEN]>; N] =
+        std::array::from_fn(|_| Zeroizing::new([0; HASH_LEN]));
     for i in 0..N {
         let counter = [(i + 1) as u8];
         let next = if i == 0 {
@@ -104,14 +105,25 @@ pub(crate) fn aead_seal(key: &[u8; 32], counter: u64, aad: &[u8], buf: &mut [u8]
 }
 
 /// Opens `AEAD(key, counter, ·, aad)` in place; `false` when the tag does not verify.
-pub(crate) fn aead_open(key: &[u8; 32], counter: u64, aad: &[u8], buf: &mut [u8], tag: &[u8; TAG_LEN]) -> bool {
+pub(crate) fn aead_open(
+    key: &[u8; 32],
+    counter: u64,
+    aad: &[u8],
+    buf: &mut [u8],
+    tag: &[u8; TAG_LEN],
+) -> bool {
     let c = ChaCha20Poly1305::new(key.into());
     c.decrypt_inout_detached(&counter_nonce(counter).into(), aad, buf.into(), tag.into())
         .is_ok()
 }
 
 /// `XAEAD(key, nonce, plaintext, aad)` in place (cookie replies, whitepaper §5.4.7).
-pub(crate) fn xaead_seal(key: &[u8; 32], nonce: &[u8; 24], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
+pub(crate) fn xaead_seal(
+    key: &[u8; 32],
+    nonce: &[u8; 24],
+    aad: &[u8],
+    buf: &mut [u8],
+) -> [u8; TAG_LEN] {
     let c = XChaCha20Poly1305::new(key.into());
     let tag = c
         .encrypt_inout_detached(nonce.into(), aad, buf.into())
@@ -120,7 +132,13 @@ pub(crate) fn xaead_seal(key: &[u8; 32], nonce: &[u8; 24], aad: &[u8], buf: &mut
 }
 
 /// Opens an `XAEAD` in place; `false` when the tag does not verify.
-pub(crate) fn xaead_open(key: &[u8; 32], nonce: &[u8; 24], aad: &[u8], buf: &mut [u8], tag: &[u8; TAG_LEN]) -> bool {
+pub(crate) fn xaead_open(
+    key: &[u8; 32],
+    nonce: &[u8; 24],
+    aad: &[u8],
+    buf: &mut [u8],
+    tag: &[u8; TAG_LEN],
+) -> bool {
     let c = XChaCha20Poly1305::new(key.into());
     c.decrypt_inout_detached(nonce.into(), aad, buf.into(), tag.into())
         .is_ok()
@@ -131,7 +149,10 @@ mod tests {
     use super::*;
 
     fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     #[test]

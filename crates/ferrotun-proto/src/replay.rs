@@ -38,14 +38,19 @@ impl Default for ReplayWindow {
 
 impl std::fmt::Debug for ReplayWindow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReplayWindow").field("next", &self.next).finish_non_exhaustive()
+        f.debug_struct("ReplayWindow")
+            .field("next", &self.next)
+            .finish_non_exhaustive()
     }
 }
 
 impl ReplayWindow {
     /// An empty window.
     pub const fn new() -> Self {
-        ReplayWindow { blocks: [0; BLOCKS], next: 0 }
+        ReplayWindow {
+            blocks: [0; BLOCKS],
+            next: 0,
+        }
     }
 
     /// Whether `counter` would be accepted now (no change). Cheap; call it before the AEAD.
@@ -73,7 +78,11 @@ impl ReplayWindow {
         }
         if counter >= self.next {
             // Clear the blocks the window slides over (at most all of them).
-            let current = if self.next == 0 { None } else { Some((self.next - 1) / BLOCK_BITS) };
+            let current = if self.next == 0 {
+                None
+            } else {
+                Some((self.next - 1) / BLOCK_BITS)
+            };
             let target = counter / BLOCK_BITS;
             match current {
                 Some(cur) if target - cur < BLOCKS as u64 => {

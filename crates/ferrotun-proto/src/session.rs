@@ -32,7 +32,8 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::aead::AeadBackend;
 use crate::entropy::Entropy;
 use crate::handshake::{
-    DerivedKeys, HandshakeError, Identity, PeerHandshake, PendingInitiation, ResponseVerdict, Tai64N,
+    DerivedKeys, HandshakeError, Identity, PeerHandshake, PendingInitiation, ResponseVerdict,
+    Tai64N,
 };
 use crate::ip::ip_packet_len;
 use crate::keys::{KeyError, PresharedKey, PublicKey};
@@ -288,7 +289,9 @@ impl Session {
     }
     /// Whether a keypair can send now.
     pub fn is_established(&self, now: Instant) -> bool {
-        self.current.as_deref().is_some_and(|k| self.sendable(k, now))
+        self.current
+            .as_deref()
+            .is_some_and(|k| self.sendable(k, now))
     }
     /// The capability flags the peer sent in the last completed handshake.
     pub fn peer_flags(&self) -> Option<HandshakeFlags> {
@@ -349,7 +352,10 @@ impl Session {
     }
 
     fn keypairs(&self) -> impl Iterator<Item = &Arc<Keypair>> {
-        self.current.iter().chain(self.next.iter()).chain(self.retired.iter().flatten())
+        self.current
+            .iter()
+            .chain(self.next.iter())
+            .chain(self.retired.iter().flatten())
     }
 
     fn request_initiation(&mut self, retry: bool) {
@@ -403,7 +409,13 @@ impl Session {
 
     /// Send-side `keep_key_fresh`: rekey after REKEY_AFTER_MESSAGES, or after
     /// REKEY_AFTER_TIME if we initiated the keypair.
-    fn keep_key_fresh_send(&mut self, counter: u64, initiator: bool, created: Instant, now: Instant) {
+    fn keep_key_fresh_send(
+        &mut self,
+        counter: u64,
+        initiator: bool,
+        created: Instant,
+        now: Instant,
+    ) {
         if counter > self.config.rekey_after_messages
             || (initiator && now >= created + self.config.rekey_after_time)
         {
@@ -414,7 +426,9 @@ impl Session {
     /// Receive-side `keep_key_fresh`: an initiator whose keypair is about to be rejected
     /// (REJECT_AFTER_TIME − KEEPALIVE_TIMEOUT − REKEY_TIMEOUT) rekeys once.
     fn keep_key_fresh_receive(&mut self, now: Instant) {
-        let Some(k) = self.current.as_deref() else { return };
+        let Some(k) = self.current.as_deref() else {
+            return;
+        };
         let limit = self
             .config
             .reject_after_time
@@ -461,9 +475,15 @@ impl Session {
 
     /// Opens the data message `buf` (exactly one datagram) in place with whichever of
     /// this session's keypairs its receiver index names, promoting a confirmed `next`.
-    pub fn decapsulate(&mut self, now: Instant, buf: &mut [u8]) -> Result<Decapsulated, TransportError> {
+    pub fn decapsulate(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Result<Decapsulated, TransportError> {
         let receiver = DataMessage::new_checked(&buf[..])?.receiver();
-        let slot = self.find(receiver).ok_or(TransportError::UnknownIndex { index: receiver })?;
+        let slot = self
+            .find(receiver)
+            .ok_or(TransportError::UnknownIndex { index: receiver })?;
         let kp = match slot {
             Slot::Current => self.current.as_deref(),
             Slot::Next => self.next.as_deref(),
@@ -491,7 +511,10 @@ impl Session {
         if flags.is_empty() {
             let n = ip_packet_len(&buf[range.clone()])
                 .ok_or(TransportError::MalformedInnerPacket { len: range.len() })?;
-            return Ok(Decapsulated::Data { flags, range: range.start..range.start + n });
+            return Ok(Decapsulated::Data {
+                flags,
+                range: range.start..range.start + n,
+            });
         }
         Ok(Decapsulated::Data { flags, range })
     }
@@ -503,7 +526,9 @@ impl Session {
         } else if is(&self.next) {
             Some(Slot::Next)
         } else {
-            (0..self.retired.len()).find(|&i| is(&self.retired[i])).map(Slot::Retired)
+            (0..self.retired.len())
+                .find(|&i| is(&self.retired[i]))
+                .map(Slot::Retired)
         }
     }
 
@@ -526,7 +551,14 @@ impl Session {
         out: &mut [u8],
     ) -> Result<usize, HandshakeError> {
         let local_index = self.allocate_index();
-        let keys = self.handshake.accept_initiation(pending, local_index, self.config.local_flags, now, rng, out)?;
+        let keys = self.handshake.accept_initiation(
+            pending,
+            local_index,
+            self.config.local_flags,
+            now,
+            rng,
+            out,
+        )?;
         self.peer_flags = Some(keys.peer_flags);
         // The driver drops an unconfirmed `next`: it was never used by the peer.
         self.next = Some(self.keypair(keys, now));
@@ -551,7 +583,10 @@ impl Session {
         rng: &mut (impl Entropy + ?Sized),
         reply: &mut [u8],
     ) -> Result<ResponseOutcome, HandshakeError> {
-        let keys = match self.handshake.consume_response(msg, src, under_load, now, rng, reply)? {
+        let keys = match self
+            .handshake
+            .consume_response(msg, src, under_load, now, rng, reply)?
+        {
             ResponseVerdict::CookieReply(n) => return Ok(ResponseOutcome::CookieReply(n)),
             ResponseVerdict::Complete(keys) => keys,
         };
@@ -614,7 +649,8 @@ impl Session {
         if Self::due(self.retransmit_at, now) {
             self.retransmit_at = None;
             let max_attempts = (self.config.rekey_attempt_time.as_millis()
-                / self.config.rekey_timeout.as_millis().max(1)) as u32;
+                / self.config.rekey_timeout.as_millis().max(1))
+                as u32;
             if self.handshake_attempts > max_attempts {
                 // Give up (the driver's `wg_expired_retransmit_handshake`).
                 self.keepalive_at = None;
@@ -647,7 +683,8 @@ impl Session {
     }
 
     fn initiation_allowed_at(&self) -> Option<Instant> {
-        self.last_sent_handshake.map(|t| t + self.config.rekey_timeout)
+        self.last_sent_handshake
+            .map(|t| t + self.config.rekey_timeout)
     }
 
     /// Runs expired timers and returns the next thing to do, writing any message into
@@ -673,13 +710,20 @@ impl Session {
         if self.keepalive_due || self.confirm_keepalive {
             self.keepalive_due = false;
             self.confirm_keepalive = false;
-            let sendable = self.current.as_deref().is_some_and(|k| self.sendable(k, now));
+            let sendable = self
+                .current
+                .as_deref()
+                .is_some_and(|k| self.sendable(k, now));
             if sendable {
                 let k = self.current.as_deref().expect("checked just above");
-                let n = k
-                    .seal(PayloadFlags::NONE, 0, out, 0)
-                    .map_err(|_| HandshakeError::BufferTooSmall { need: 32, have: out.len() })?;
-                let (counter, initiator, created) = (k.send_counter(), k.is_initiator(), k.created());
+                let n = k.seal(PayloadFlags::NONE, 0, out, 0).map_err(|_| {
+                    HandshakeError::BufferTooSmall {
+                        need: 32,
+                        have: out.len(),
+                    }
+                })?;
+                let (counter, initiator, created) =
+                    (k.send_counter(), k.is_initiator(), k.created());
                 self.on_any_authenticated_packet_traversal(now);
                 self.on_any_authenticated_packet_sent();
                 // Data arrived while the keepalive timer ran: arm it again after this
@@ -724,7 +768,11 @@ impl Session {
 
     /// When [`Session::poll_transmit`] next needs to run (if nothing else happens first).
     pub fn next_timeout(&self) -> Option<Instant> {
-        let deferred = if self.initiation_due { self.initiation_allowed_at() } else { None };
+        let deferred = if self.initiation_due {
+            self.initiation_allowed_at()
+        } else {
+            None
+        };
         [
             self.retransmit_at,
             self.new_handshake_at,

@@ -44,9 +44,15 @@ pub enum FrameError {
 /// at `buf[2..2 + msg_len]`; returns the frame length `2 + msg_len`.
 pub fn encode_prefix(buf: &mut [u8], msg_len: usize) -> Result<usize, FrameError> {
     let frame = PREFIX_LEN + msg_len;
-    let len16 = u16::try_from(msg_len).map_err(|_| FrameError::CannotEncode { len: msg_len, buf: buf.len() })?;
+    let len16 = u16::try_from(msg_len).map_err(|_| FrameError::CannotEncode {
+        len: msg_len,
+        buf: buf.len(),
+    })?;
     if msg_len == 0 || buf.len() < frame {
-        return Err(FrameError::CannotEncode { len: msg_len, buf: buf.len() });
+        return Err(FrameError::CannotEncode {
+            len: msg_len,
+            buf: buf.len(),
+        });
     }
     buf[..PREFIX_LEN].copy_from_slice(&len16.to_be_bytes());
     Ok(frame)
@@ -143,11 +149,17 @@ impl StreamDecoder {
         if avail < PREFIX_LEN {
             return Ok(None);
         }
-        let len = usize::from(u16::from_be_bytes([self.buf[self.start], self.buf[self.start + 1]]));
+        let len = usize::from(u16::from_be_bytes([
+            self.buf[self.start],
+            self.buf[self.start + 1],
+        ]));
         let err = if len == 0 {
             Some(FrameError::ZeroLength)
         } else if len > self.max_frame {
-            Some(FrameError::TooLong { len, max: self.max_frame })
+            Some(FrameError::TooLong {
+                len,
+                max: self.max_frame,
+            })
         } else {
             None
         };
@@ -200,7 +212,10 @@ mod tests {
         assert_eq!(d.next_frame().unwrap_err(), FrameError::ZeroLength);
         let mut d = StreamDecoder::new(100);
         d.push(&[0, 101]);
-        assert_eq!(d.next_frame().unwrap_err(), FrameError::TooLong { len: 101, max: 100 });
+        assert_eq!(
+            d.next_frame().unwrap_err(),
+            FrameError::TooLong { len: 101, max: 100 }
+        );
         let mut d = StreamDecoder::new(100);
         d.push(&[0, 100]);
         assert_eq!(d.next_frame().unwrap(), None);

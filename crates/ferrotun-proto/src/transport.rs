@@ -50,7 +50,9 @@ pub enum TransportError {
         have: usize,
     },
     /// This keypair has used up its counters (REJECT_AFTER_MESSAGES, whitepaper §6.1).
-    #[error("sending counter exhausted (REJECT_AFTER_MESSAGES reached); a new handshake is required")]
+    #[error(
+        "sending counter exhausted (REJECT_AFTER_MESSAGES reached); a new handshake is required"
+    )]
     CounterExhausted,
     /// The counter was already received, is too old for the window, or at the limit.
     #[error("replayed or too old counter {counter}")]
@@ -201,9 +203,14 @@ impl Keypair {
         let padded = padded_len(flags, len, mtu);
         let need = DATA_HEADER_LEN + padded + TAG_LEN;
         if buf.len() < need {
-            return Err(TransportError::BufferTooSmall { need, have: buf.len() });
+            return Err(TransportError::BufferTooSmall {
+                need,
+                have: buf.len(),
+            });
         }
-        let counter = self.next_counter().ok_or(TransportError::CounterExhausted)?;
+        let counter = self
+            .next_counter()
+            .ok_or(TransportError::CounterExhausted)?;
         let (header, rest) = buf.split_at_mut(DATA_HEADER_LEN);
         let (payload, rest) = rest.split_at_mut(padded);
         payload[len..].fill(0);
@@ -225,10 +232,19 @@ impl Keypair {
     pub fn open(&self, buf: &mut [u8]) -> Result<(PayloadFlags, Range<usize>), TransportError> {
         let (flags, receiver, counter, payload, tag) = {
             let msg = DataMessage::new_checked(&buf[..])?;
-            (msg.flags(), msg.receiver(), msg.counter(), msg.payload_range(), *msg.tag())
+            (
+                msg.flags(),
+                msg.receiver(),
+                msg.counter(),
+                msg.payload_range(),
+                *msg.tag(),
+            )
         };
         if receiver != self.local_index {
-            return Err(TransportError::WrongIndex { got: receiver, want: self.local_index });
+            return Err(TransportError::WrongIndex {
+                got: receiver,
+                want: self.local_index,
+            });
         }
         if !self.lock_replay().check(counter) {
             return Err(TransportError::Replay { counter });
@@ -248,7 +264,9 @@ impl Keypair {
     /// The receive window; a poisoned lock is recovered because every window operation
     /// leaves it consistent (plain integer stores, no panics inside).
     fn lock_replay(&self) -> std::sync::MutexGuard<'_, ReplayWindow> {
-        self.replay.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.replay
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     #[cfg(test)]
@@ -312,14 +330,22 @@ mod tests {
     fn flags_are_authenticated() {
         let (a, b) = pair(AeadBackend::Ring);
         let mut buf = vec![0u8; 100];
-        let n = a.seal(PayloadFlags::COMPRESSED, 40, &mut buf, 1420).unwrap();
+        let n = a
+            .seal(PayloadFlags::COMPRESSED, 40, &mut buf, 1420)
+            .unwrap();
         assert_eq!(n, 72);
         let mut x = buf[..n].to_vec();
         x[1] = PayloadFlags::ETHERNET.bits();
-        assert_eq!(b.open(&mut x), Err(TransportError::Authentication { counter: 0 }));
+        assert_eq!(
+            b.open(&mut x),
+            Err(TransportError::Authentication { counter: 0 })
+        );
         let mut x = buf[..n].to_vec();
         x[1] = 0;
-        assert_eq!(b.open(&mut x), Err(TransportError::Authentication { counter: 0 }));
+        assert_eq!(
+            b.open(&mut x),
+            Err(TransportError::Authentication { counter: 0 })
+        );
         let (f, r) = b.open(&mut buf[..n]).unwrap();
         assert_eq!((f, r), (PayloadFlags::COMPRESSED, 16..56));
     }
@@ -332,7 +358,10 @@ mod tests {
         buf[16..32].copy_from_slice(&[7; 16]);
         let n = a.seal(PayloadFlags::NONE, 16, &mut buf, 1420).unwrap();
         let mut raw = [7u8; 16];
-        let tag = AeadBackend::Ring.key(&[1; 32]).seal_in_place(0, &[], &mut raw).unwrap();
+        let tag = AeadBackend::Ring
+            .key(&[1; 32])
+            .seal_in_place(0, &[], &mut raw)
+            .unwrap();
         assert_eq!(&buf[16..32], &raw);
         assert_eq!(&buf[32..n], &tag);
         assert_eq!(&buf[..4], &[4, 0, 0, 0]);
@@ -347,7 +376,10 @@ mod tests {
         let copy = buf[..n].to_vec();
         b.open(&mut buf[..n]).unwrap();
         let mut again = copy.clone();
-        assert_eq!(b.open(&mut again), Err(TransportError::Replay { counter: 0 }));
+        assert_eq!(
+            b.open(&mut again),
+            Err(TransportError::Replay { counter: 0 })
+        );
     }
 
     #[test]
@@ -373,13 +405,24 @@ mod tests {
         let mut buf = vec![0u8; 64];
         let n = a.seal(PayloadFlags::NONE, 0, &mut buf, 1420).unwrap();
         assert!(b.open(&mut buf[..n]).is_ok());
-        assert_eq!(a.seal(PayloadFlags::NONE, 0, &mut buf, 1420), Err(TransportError::CounterExhausted));
-        assert_eq!(a.seal(PayloadFlags::NONE, 0, &mut buf, 1420), Err(TransportError::CounterExhausted));
+        assert_eq!(
+            a.seal(PayloadFlags::NONE, 0, &mut buf, 1420),
+            Err(TransportError::CounterExhausted)
+        );
+        assert_eq!(
+            a.seal(PayloadFlags::NONE, 0, &mut buf, 1420),
+            Err(TransportError::CounterExhausted)
+        );
         assert_eq!(a.send_counter(), REJECT_AFTER_MESSAGES);
         // A forged message claiming a counter at the limit is refused before decryption.
         let mut forged = vec![0u8; 32];
         data::write_header(&mut forged, PayloadFlags::NONE, 20, REJECT_AFTER_MESSAGES);
-        assert_eq!(b.open(&mut forged), Err(TransportError::Replay { counter: REJECT_AFTER_MESSAGES }));
+        assert_eq!(
+            b.open(&mut forged),
+            Err(TransportError::Replay {
+                counter: REJECT_AFTER_MESSAGES
+            })
+        );
     }
 
     #[test]

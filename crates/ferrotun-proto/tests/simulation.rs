@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 use ferrotun_proto::handshake::Phase1;
 use ferrotun_proto::session::REJECT_AFTER_TIME;
 use ferrotun_proto::{
-    Decapsulated, Encapsulated, Identity, Message, PayloadFlags, PrivateKey, SeededEntropy, Session,
-    SessionConfig, SessionIndex, Transmit,
+    Decapsulated, Encapsulated, Identity, Message, PayloadFlags, PrivateKey, SeededEntropy,
+    Session, SessionConfig, SessionIndex, Transmit,
 };
 
 const MTU: usize = 1420;
@@ -71,20 +71,45 @@ impl Sim {
         let mut rng = SeededEntropy::new(seed);
         let ida = Arc::new(Identity::new(PrivateKey::generate(&mut rng).unwrap()));
         let idb = Arc::new(Identity::new(PrivateKey::generate(&mut rng).unwrap()));
-        let sa = Session::new(ida.clone(), idb.public_key(), None, SessionIndex::new(1).unwrap(), SessionConfig::default())
-            .unwrap();
-        let sb = Session::new(idb.clone(), ida.public_key(), None, SessionIndex::new(2).unwrap(), SessionConfig::default())
-            .unwrap();
+        let sa = Session::new(
+            ida.clone(),
+            idb.public_key(),
+            None,
+            SessionIndex::new(1).unwrap(),
+            SessionConfig::default(),
+        )
+        .unwrap();
+        let sb = Session::new(
+            idb.clone(),
+            ida.public_key(),
+            None,
+            SessionIndex::new(2).unwrap(),
+            SessionConfig::default(),
+        )
+        .unwrap();
         Sim {
-            a: Side { id: ida, s: sa, queue: VecDeque::new(), next_id: 0 },
-            b: Side { id: idb, s: sb, queue: VecDeque::new(), next_id: 1 << 40 },
+            a: Side {
+                id: ida,
+                s: sa,
+                queue: VecDeque::new(),
+                next_id: 0,
+            },
+            b: Side {
+                id: idb,
+                s: sb,
+                queue: VecDeque::new(),
+                next_id: 1 << 40,
+            },
             net: Vec::new(),
             seq: 0,
             rng,
             net_rng: SeededEntropy::new(seed ^ 0x5eed),
             t0: Instant::now(),
             wall0: SystemTime::UNIX_EPOCH + Duration::from_secs(1_750_000_000),
-            outage: (1500_000, 1500_000 + REJECT_AFTER_TIME.as_millis() as u64 + 60_000),
+            outage: (
+                1_500_000,
+                1_500_000 + REJECT_AFTER_TIME.as_millis() as u64 + 60_000,
+            ),
             delivered: HashMap::new(),
             decrypted: HashMap::new(),
             sent_data: 0,
@@ -113,14 +138,24 @@ impl Sim {
         if self.net_rng.below(100) < LOSS_PERCENT {
             return;
         }
-        let copies = if self.net_rng.below(100) < DUP_PERCENT { 2 } else { 1 };
+        let copies = if self.net_rng.below(100) < DUP_PERCENT {
+            2
+        } else {
+            1
+        };
         if copies == 2 && id.is_none() && bytes.first() == Some(&4) {
             self.keepalive_dups += 1;
         }
         for _ in 0..copies {
             let at_ms = now_ms + 1 + self.net_rng.below(MAX_DELAY_MS);
             self.seq += 1;
-            self.net.push(InFlight { at_ms, seq: self.seq, to_a: !from_a, id, bytes: bytes.clone() });
+            self.net.push(InFlight {
+                at_ms,
+                seq: self.seq,
+                to_a: !from_a,
+                id,
+                bytes: bytes.clone(),
+            });
         }
     }
 
@@ -135,7 +170,12 @@ impl Sim {
         let p = packet(id);
         let mut buf = vec![0u8; 16 + p.len() + 32];
         buf[16..16 + p.len()].copy_from_slice(&p);
-        match self.side(from_a).s.encapsulate(now, PayloadFlags::NONE, p.len(), &mut buf, MTU).unwrap() {
+        match self
+            .side(from_a)
+            .s
+            .encapsulate(now, PayloadFlags::NONE, p.len(), &mut buf, MTU)
+            .unwrap()
+        {
             Encapsulated::Send(n) => {
                 buf.truncate(n);
                 self.transmit(ms, from_a, Some(id), buf);
@@ -150,7 +190,11 @@ impl Sim {
         loop {
             let mut out = [0u8; 256];
             let side = if a { &mut self.a } else { &mut self.b };
-            match side.s.poll_transmit(now, wall, &mut self.rng, &mut out).unwrap() {
+            match side
+                .s
+                .poll_transmit(now, wall, &mut self.rng, &mut out)
+                .unwrap()
+            {
                 None => return,
                 Some(Transmit::Initiation(n)) | Some(Transmit::Keepalive(n)) => {
                     self.transmit(ms, a, None, out[..n].to_vec());
@@ -182,7 +226,9 @@ impl Sim {
         match kind {
             ferrotun_proto::wire::MessageKind::Initiation => {
                 let side = if to_a { &mut self.a } else { &mut self.b };
-                let phase1 = side.id.begin_initiation(&bytes, &[1], false, now, &mut self.rng, &mut [0; 64]);
+                let phase1 =
+                    side.id
+                        .begin_initiation(&bytes, &[1], false, now, &mut self.rng, &mut [0; 64]);
                 match phase1 {
                     Ok(Phase1::Pending(p)) => {
                         assert_eq!(p.initiator(), side.s.remote_key());
@@ -203,7 +249,10 @@ impl Sim {
                 let side = if to_a { &mut self.a } else { &mut self.b };
                 let idx = Message::classify(&bytes).unwrap().receiver_index().unwrap();
                 assert_eq!(SessionIndex::of_receiver(idx), side.s.index());
-                match side.s.on_response(&bytes, &[1], false, now, &mut self.rng, &mut [0; 64]) {
+                match side
+                    .s
+                    .on_response(&bytes, &[1], false, now, &mut self.rng, &mut [0; 64])
+                {
                     Ok(_) => self.handshakes_done += 1,
                     Err(e) => self.error(format!("response: {e}").chars().take(30).collect()),
                 }
@@ -299,13 +348,23 @@ fn lossy_reordering_duplicating_network_across_rekeys_and_an_outage() {
         }
     }
     lost.sort();
-    assert!(lost.is_empty(), "{} delivered packets never decrypted, e.g. {:?}; errors {:?}", lost.len(), &lost[..lost.len().min(10)], sim.errors);
+    assert!(
+        lost.is_empty(),
+        "{} delivered packets never decrypted, e.g. {:?}; errors {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)],
+        sim.errors
+    );
     for id in sim.decrypted.keys() {
         assert!(sim.delivered.contains_key(id));
     }
     // The only data errors are the network's duplicates being refused as replays.
     let dups: u64 = sim.delivered.values().map(|n| u64::from(n - 1)).sum();
-    let replays = sim.errors.get("data: replayed or too old").copied().unwrap_or(0);
+    let replays = sim
+        .errors
+        .get("data: replayed or too old")
+        .copied()
+        .unwrap_or(0);
     // (plus duplicated keepalives, which carry no id).
     assert!(
         replays >= dups && replays <= dups + sim.keepalive_dups,
@@ -315,20 +374,36 @@ fn lossy_reordering_duplicating_network_across_rekeys_and_an_outage() {
     );
     for (what, n) in &sim.errors {
         assert!(
-            what.starts_with("data: replayed") || what.starts_with("initiation: ReplayedInitiation") || what.starts_with("response: response to index"),
+            what.starts_with("data: replayed")
+                || what.starts_with("initiation: ReplayedInitiation")
+                || what.starts_with("response: response to index"),
             "unexpected error {what} ×{n}"
         );
     }
 
     // Scale: thousands of packets, at least ten rekeys.
-    assert!(sim.decrypted.len() > 50_000, "only {} packets decrypted", sim.decrypted.len());
-    assert!(sim.handshakes_done >= 10, "only {} handshakes", sim.handshakes_done);
+    assert!(
+        sim.decrypted.len() > 50_000,
+        "only {} packets decrypted",
+        sim.decrypted.len()
+    );
+    assert!(
+        sim.handshakes_done >= 10,
+        "only {} handshakes",
+        sim.handshakes_done
+    );
 
     // Recovery after the outage: packets sent from 30 s after it ended on got through
     // (apart from the network's loss).
     let after = (sim.outage.1 + 30_000) / SEND_INTERVAL_MS;
-    let late_a: Vec<u64> = (after..after + 1000).filter(|id| sim.delivered.contains_key(id)).collect();
-    assert!(late_a.len() > 800, "only {} of 1000 post-outage packets delivered", late_a.len());
+    let late_a: Vec<u64> = (after..after + 1000)
+        .filter(|id| sim.delivered.contains_key(id))
+        .collect();
+    assert!(
+        late_a.len() > 800,
+        "only {} of 1000 post-outage packets delivered",
+        late_a.len()
+    );
     assert!(sim.a.s.is_established(sim.t0 + Duration::from_millis(end)));
     assert!(sim.b.s.is_established(sim.t0 + Duration::from_millis(end)));
     eprintln!(

@@ -10,7 +10,9 @@ use std::time::Instant;
 use ferrotun_proto::entropy::EntropyError;
 use ferrotun_proto::handshake::{IDENTIFIER, PeerHandshake, Phase1, ResponseVerdict};
 use ferrotun_proto::wire::{initiation, response};
-use ferrotun_proto::{Entropy, HandshakeFlags, Identity, PresharedKey, PrivateKey, SeededEntropy, Tai64N};
+use ferrotun_proto::{
+    Entropy, HandshakeFlags, Identity, PresharedKey, PrivateKey, SeededEntropy, Tai64N,
+};
 
 /// Hands out exactly the bytes it was given (the ephemeral keys), then fails.
 struct Fixed(Vec<u8>);
@@ -46,7 +48,8 @@ fn check(seed: u64, psk: Option<[u8; 32]>, init_flags: HandshakeFlags) {
     if !init_flags.is_empty() {
         prologue.push(init_flags.bits());
     }
-    let params: snow::params::NoiseParams = "Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s".parse().unwrap();
+    let params: snow::params::NoiseParams =
+        "Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s".parse().unwrap();
     let mut snow_i = snow::Builder::new(params.clone())
         .local_private_key(&si)
         .unwrap()
@@ -74,7 +77,8 @@ fn check(seed: u64, psk: Option<[u8; 32]>, init_flags: HandshakeFlags) {
     let id_i = Arc::new(Identity::new(ki));
     let id_r = Arc::new(Identity::new(kr));
     let mut ours_i = PeerHandshake::new(id_i, pr, PresharedKey::from_bytes(psk_bytes)).unwrap();
-    let mut ours_r = PeerHandshake::new(id_r.clone(), pi, PresharedKey::from_bytes(psk_bytes)).unwrap();
+    let mut ours_r =
+        PeerHandshake::new(id_r.clone(), pi, PresharedKey::from_bytes(psk_bytes)).unwrap();
     let mut init = [0u8; 148];
     ours_i
         .create_initiation(7, init_flags, ts, now, &mut Fixed(ei.to_vec()), &mut init)
@@ -88,24 +92,46 @@ fn check(seed: u64, psk: Option<[u8; 32]>, init_flags: HandshakeFlags) {
         "initiation differs from snow (seed {seed})"
     );
     let mut payload = [0u8; 64];
-    let m = snow_r.read_message(&init[initiation::EPHEMERAL.start..initiation::TIMESTAMP.end], &mut payload).unwrap();
+    let m = snow_r
+        .read_message(
+            &init[initiation::EPHEMERAL.start..initiation::TIMESTAMP.end],
+            &mut payload,
+        )
+        .unwrap();
     assert_eq!(&payload[..m], &ts.0);
 
     // Response (flags zero: our response-flag MixHash has no counterpart in snow).
-    let pending = match id_r.begin_initiation(&init, &[1], false, now, &mut Fixed(vec![]), &mut [0; 64]).unwrap() {
+    let pending = match id_r
+        .begin_initiation(&init, &[1], false, now, &mut Fixed(vec![]), &mut [0; 64])
+        .unwrap()
+    {
         Phase1::Pending(p) => p,
         Phase1::CookieReply(_) => unreachable!(),
     };
     let mut resp = [0u8; 92];
     let keys_r = ours_r
-        .accept_initiation(pending, 9, HandshakeFlags::NONE, now, &mut Fixed(er.to_vec()), &mut resp)
+        .accept_initiation(
+            pending,
+            9,
+            HandshakeFlags::NONE,
+            now,
+            &mut Fixed(er.to_vec()),
+            &mut resp,
+        )
         .unwrap();
     let mut snow_msg2 = [0u8; 128];
     let n = snow_r.write_message(&[], &mut snow_msg2).unwrap();
     assert_eq!(n, 48);
-    assert_eq!(&resp[response::EPHEMERAL.start..response::EMPTY.end], &snow_msg2[..n], "response differs (seed {seed})");
+    assert_eq!(
+        &resp[response::EPHEMERAL.start..response::EMPTY.end],
+        &snow_msg2[..n],
+        "response differs (seed {seed})"
+    );
     snow_i.read_message(&snow_msg2[..n], &mut payload).unwrap();
-    let keys_i = match ours_i.consume_response(&resp, &[1], false, now, &mut Fixed(vec![]), &mut [0; 64]).unwrap() {
+    let keys_i = match ours_i
+        .consume_response(&resp, &[1], false, now, &mut Fixed(vec![]), &mut [0; 64])
+        .unwrap()
+    {
         ResponseVerdict::Complete(k) => k,
         ResponseVerdict::CookieReply(_) => unreachable!(),
     };
@@ -136,6 +162,10 @@ fn matches_snow_with_psk() {
 #[test]
 fn matches_snow_with_initiation_flags_in_the_prologue() {
     for (seed, bits) in [(200, 1), (201, 2), (202, 3)] {
-        check(seed, Some([9; 32]), HandshakeFlags::from_bits(bits).unwrap());
+        check(
+            seed,
+            Some([9; 32]),
+            HandshakeFlags::from_bits(bits).unwrap(),
+        );
     }
 }

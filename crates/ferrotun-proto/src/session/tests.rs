@@ -24,8 +24,22 @@ fn world_with(ca: SessionConfig, cb: SessionConfig) -> World {
     let mut rng = SeededEntropy::new(77);
     let ida = Arc::new(Identity::new(PrivateKey::generate(&mut rng).unwrap()));
     let idb = Arc::new(Identity::new(PrivateKey::generate(&mut rng).unwrap()));
-    let sa = Session::new(ida.clone(), idb.public_key(), None, SessionIndex::new(1).unwrap(), ca).unwrap();
-    let sb = Session::new(idb.clone(), ida.public_key(), None, SessionIndex::new(2).unwrap(), cb).unwrap();
+    let sa = Session::new(
+        ida.clone(),
+        idb.public_key(),
+        None,
+        SessionIndex::new(1).unwrap(),
+        ca,
+    )
+    .unwrap();
+    let sb = Session::new(
+        idb.clone(),
+        ida.public_key(),
+        None,
+        SessionIndex::new(2).unwrap(),
+        cb,
+    )
+    .unwrap();
     World {
         a: Peer { id: ida, s: sa },
         b: Peer { id: idb, s: sb },
@@ -73,27 +87,45 @@ impl World {
     }
 
     /// Delivers one datagram to a side; returns a response/keepalive/data outcome.
-    fn deliver(&mut self, to_a: bool, secs: f64, mut msg: Vec<u8>) -> Result<Option<Vec<u8>>, String> {
+    fn deliver(
+        &mut self,
+        to_a: bool,
+        secs: f64,
+        mut msg: Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, String> {
         let (now, _) = self.at(secs);
-        let (id, s) = if to_a { (&self.a.id, &mut self.a.s) } else { (&self.b.id, &mut self.b.s) };
+        let (id, s) = if to_a {
+            (&self.a.id, &mut self.a.s)
+        } else {
+            (&self.b.id, &mut self.b.s)
+        };
         match Message::classify(&msg).map_err(|e| e.to_string())? {
             Message::Initiation(_) => {
                 let mut reply = [0u8; 64];
-                match id.begin_initiation(&msg, SRC, false, now, &mut self.rng, &mut reply).map_err(|e| e.to_string())? {
+                match id
+                    .begin_initiation(&msg, SRC, false, now, &mut self.rng, &mut reply)
+                    .map_err(|e| e.to_string())?
+                {
                     Phase1::Pending(p) => {
                         assert_eq!(p.initiator(), s.remote_key());
                         let mut out = [0u8; 92];
-                        let n = s.accept_initiation(p, now, &mut self.rng, &mut out).map_err(|e| e.to_string())?;
+                        let n = s
+                            .accept_initiation(p, now, &mut self.rng, &mut out)
+                            .map_err(|e| e.to_string())?;
                         Ok(Some(out[..n].to_vec()))
                     }
                     Phase1::CookieReply(_) => Err("cookie".into()),
                 }
             }
             Message::Response(_) => {
-                s.on_response(&msg, SRC, false, now, &mut self.rng, &mut [0; 64]).map_err(|e| e.to_string())?;
+                s.on_response(&msg, SRC, false, now, &mut self.rng, &mut [0; 64])
+                    .map_err(|e| e.to_string())?;
                 Ok(None)
             }
-            Message::CookieReply(_) => s.on_cookie_reply(&msg, now).map(|_| None).map_err(|e| e.to_string()),
+            Message::CookieReply(_) => s
+                .on_cookie_reply(&msg, now)
+                .map(|_| None)
+                .map_err(|e| e.to_string()),
             Message::Data(_) => match s.decapsulate(now, &mut msg).map_err(|e| e.to_string())? {
                 Decapsulated::Keepalive => Ok(None),
                 Decapsulated::Data { range, .. } => Ok(Some(msg[range].to_vec())),
@@ -106,7 +138,8 @@ impl World {
         let s = if from_a { &mut self.a.s } else { &mut self.b.s };
         let mut buf = vec![0u8; 16 + pkt.len() + 32];
         buf[16..16 + pkt.len()].copy_from_slice(pkt);
-        s.encapsulate(now, PayloadFlags::NONE, pkt.len(), &mut buf, MTU).unwrap()
+        s.encapsulate(now, PayloadFlags::NONE, pkt.len(), &mut buf, MTU)
+            .unwrap()
     }
 
     fn seal(&mut self, from_a: bool, secs: f64, pkt: &[u8]) -> Vec<u8> {
@@ -114,7 +147,10 @@ impl World {
         let s = if from_a { &mut self.a.s } else { &mut self.b.s };
         let mut buf = vec![0u8; 16 + pkt.len() + 32];
         buf[16..16 + pkt.len()].copy_from_slice(pkt);
-        match s.encapsulate(now, PayloadFlags::NONE, pkt.len(), &mut buf, MTU).unwrap() {
+        match s
+            .encapsulate(now, PayloadFlags::NONE, pkt.len(), &mut buf, MTU)
+            .unwrap()
+        {
             Encapsulated::Send(n) => {
                 buf.truncate(n);
                 buf
@@ -127,11 +163,19 @@ impl World {
     fn establish(&mut self, secs: f64) {
         if self.send(true, secs, &ipv4(40, 0)) == Encapsulated::Queue {
             let out = self.poll(true, secs);
-            let init = out.iter().find(|(t, _)| matches!(t, Transmit::Initiation(_))).expect("initiation").1.clone();
+            let init = out
+                .iter()
+                .find(|(t, _)| matches!(t, Transmit::Initiation(_)))
+                .expect("initiation")
+                .1
+                .clone();
             let resp = self.deliver(false, secs, init).unwrap().unwrap();
             self.deliver(true, secs, resp).unwrap();
             let out = self.poll(true, secs);
-            assert!(out.iter().any(|(t, _)| *t == Transmit::FlushQueue), "{out:?}");
+            assert!(
+                out.iter().any(|(t, _)| *t == Transmit::FlushQueue),
+                "{out:?}"
+            );
             let data = self.seal(true, secs, &ipv4(40, 1));
             assert_eq!(self.deliver(false, secs, data).unwrap(), Some(ipv4(40, 1)));
         }
@@ -151,14 +195,21 @@ fn first_packet_queues_then_handshake_then_flush() {
     assert_eq!(resp.len(), 92);
     // The responder has only an unconfirmed keypair: it must not send on it.
     assert_eq!(w.send(false, 0.01, &ipv4(40, 9)), Encapsulated::Queue);
-    assert!(w.poll(false, 0.01).is_empty(), "responder must not initiate right after responding");
+    assert!(
+        w.poll(false, 0.01).is_empty(),
+        "responder must not initiate right after responding"
+    );
     w.deliver(true, 0.02, resp).unwrap();
     assert!(w.a.s.is_established(w.at(0.02).0));
     assert_eq!(w.a.s.latest_handshake(), Some(w.at(0.02).0));
     let out = w.poll(true, 0.02);
     assert_eq!(out[0].0, Transmit::FlushQueue);
     let data = w.seal(true, 0.02, &ipv4(40, 0));
-    assert_eq!(w.poll(true, 0.02), vec![], "data confirmed the session: no keepalive needed");
+    assert_eq!(
+        w.poll(true, 0.02),
+        vec![],
+        "data confirmed the session: no keepalive needed"
+    );
     assert_eq!(w.deliver(false, 0.03, data).unwrap(), Some(ipv4(40, 0)));
     // B is confirmed now and flushes its queue.
     assert_eq!(w.poll(false, 0.03)[0].0, Transmit::FlushQueue);
@@ -189,15 +240,28 @@ fn keepalive_after_receiving_without_sending() {
     w.deliver(false, 1.0, d).unwrap();
     assert_eq!(w.b.s.next_timeout(), Some(w.at(10.0).0));
     assert!(w.poll(false, 9.9).is_empty());
-    assert!(matches!(w.poll(false, 10.0)[..], [(Transmit::Keepalive(32), _)]));
+    assert!(matches!(
+        w.poll(false, 10.0)[..],
+        [(Transmit::Keepalive(32), _)]
+    ));
     assert_eq!(w.b.s.next_timeout(), Some(w.at(20.0).0));
-    assert!(matches!(w.poll(false, 20.0)[..], [(Transmit::Keepalive(32), _)]));
-    assert!(w.poll(false, 30.0).is_empty(), "no data received since: no more keepalives");
+    assert!(matches!(
+        w.poll(false, 20.0)[..],
+        [(Transmit::Keepalive(32), _)]
+    ));
+    assert!(
+        w.poll(false, 30.0).is_empty(),
+        "no data received since: no more keepalives"
+    );
     // Sending data cancels a pending keepalive.
     let d = w.seal(true, 31.0, &ipv4(40, 3));
     w.deliver(false, 31.0, d).unwrap();
     w.seal(false, 32.0, &ipv4(40, 3));
-    assert!(w.poll(false, 45.0).iter().all(|(t, _)| !matches!(t, Transmit::Keepalive(_))));
+    assert!(
+        w.poll(false, 45.0)
+            .iter()
+            .all(|(t, _)| !matches!(t, Transmit::Keepalive(_)))
+    );
 }
 
 #[test]
@@ -206,9 +270,17 @@ fn new_handshake_when_data_sent_but_nothing_heard() {
     w.establish(0.0);
     w.seal(false, 1.0, &ipv4(40, 1));
     // B sent at 1 s and heard nothing: after 10 + 5 s (+ jitter ≤ 333 ms) it initiates.
-    assert!(w.poll(false, 15.9).iter().all(|(t, _)| !matches!(t, Transmit::Initiation(_))));
+    assert!(
+        w.poll(false, 15.9)
+            .iter()
+            .all(|(t, _)| !matches!(t, Transmit::Initiation(_)))
+    );
     let out = w.poll(false, 16.4);
-    assert!(out.iter().any(|(t, _)| matches!(t, Transmit::Initiation(_))), "{out:?}");
+    assert!(
+        out.iter()
+            .any(|(t, _)| matches!(t, Transmit::Initiation(_))),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -235,8 +307,14 @@ fn retransmits_with_jitter_then_gives_up_and_drops_the_queue() {
         let gap = pair[1] - pair[0];
         assert!((5.0..=5.35).contains(&gap), "gap {gap}");
     }
-    let gaps: Vec<u64> = sent.windows(2).map(|p| ((p[1] - p[0]) * 100.0).round() as u64).collect();
-    assert!(gaps.iter().any(|g| *g != gaps[0]), "jitter must vary: {gaps:?}");
+    let gaps: Vec<u64> = sent
+        .windows(2)
+        .map(|p| ((p[1] - p[0]) * 100.0).round() as u64)
+        .collect();
+    assert!(
+        gaps.iter().any(|g| *g != gaps[0]),
+        "jitter must vary: {gaps:?}"
+    );
     // New data restarts the handshake.
     assert_eq!(w.send(true, 300.0, &ipv4(40, 0)), Encapsulated::Queue);
     assert!(matches!(w.poll(true, 300.0)[0].0, Transmit::Initiation(_)));
@@ -250,16 +328,31 @@ fn rekey_after_time_by_initiator_only() {
     w.deliver(true, 119.0, d).unwrap();
     // B is the responder: it never rekeys by time.
     w.seal(false, 121.0, &ipv4(40, 1));
-    assert!(w.poll(false, 121.0).iter().all(|(t, _)| !matches!(t, Transmit::Initiation(_))));
+    assert!(
+        w.poll(false, 121.0)
+            .iter()
+            .all(|(t, _)| !matches!(t, Transmit::Initiation(_)))
+    );
     w.seal(true, 119.5, &ipv4(40, 1));
-    assert!(w.poll(true, 119.5).iter().all(|(t, _)| !matches!(t, Transmit::Initiation(_))));
+    assert!(
+        w.poll(true, 119.5)
+            .iter()
+            .all(|(t, _)| !matches!(t, Transmit::Initiation(_)))
+    );
     w.seal(true, 120.0, &ipv4(40, 1));
-    assert!(w.poll(true, 120.0).iter().any(|(t, _)| matches!(t, Transmit::Initiation(_))));
+    assert!(
+        w.poll(true, 120.0)
+            .iter()
+            .any(|(t, _)| matches!(t, Transmit::Initiation(_)))
+    );
 }
 
 #[test]
 fn rekey_after_messages() {
-    let cfg = SessionConfig { rekey_after_messages: 5, ..SessionConfig::default() };
+    let cfg = SessionConfig {
+        rekey_after_messages: 5,
+        ..SessionConfig::default()
+    };
     let mut w = world_with(cfg.clone(), cfg);
     w.establish(0.0);
     for i in 0..4 {
@@ -281,13 +374,23 @@ fn reject_after_time_and_last_minute_rekey() {
     // Receiving at 165 s (180 - 10 - 5) as the initiator triggers one last-minute rekey.
     let d = w.seal(false, 165.0, &ipv4(40, 1));
     w.deliver(true, 165.0, d).unwrap();
-    assert!(w.poll(true, 165.0).iter().any(|(t, _)| matches!(t, Transmit::Initiation(_))));
+    assert!(
+        w.poll(true, 165.0)
+            .iter()
+            .any(|(t, _)| matches!(t, Transmit::Initiation(_)))
+    );
     let d = w.seal(false, 166.0, &ipv4(40, 1));
     w.deliver(true, 166.0, d).unwrap();
-    assert!(w.a.s.sent_lastminute_handshake && !w.a.s.initiation_due, "only once");
+    assert!(
+        w.a.s.sent_lastminute_handshake && !w.a.s.initiation_due,
+        "only once"
+    );
     // At 180 s the keypair can neither send nor receive.
     let late = w.seal(false, 179.9, &ipv4(40, 1));
-    assert_eq!(w.deliver(true, 180.0, late), Err(TransportError::Expired.to_string()));
+    assert_eq!(
+        w.deliver(true, 180.0, late),
+        Err(TransportError::Expired.to_string())
+    );
     assert_eq!(w.send(true, 180.0, &ipv4(40, 1)), Encapsulated::Queue);
     assert!(!w.a.s.is_established(w.at(180.0).0));
 }
@@ -300,7 +403,11 @@ fn keys_are_zeroed_after_three_reject_times() {
     w.poll(true, 539.0);
     assert!(w.a.s.current.is_some());
     w.poll(true, 540.0);
-    assert!(w.a.s.current.is_none() && w.a.s.next.is_none() && w.a.s.retired.iter().all(Option::is_none));
+    assert!(
+        w.a.s.current.is_none()
+            && w.a.s.next.is_none()
+            && w.a.s.retired.iter().all(Option::is_none)
+    );
 }
 
 #[test]
@@ -310,7 +417,12 @@ fn previous_keypair_opens_packets_in_flight_across_a_rekey() {
     let in_flight_a = w.seal(true, 120.0, &ipv4(40, 7));
     let in_flight_b = w.seal(false, 120.0, &ipv4(40, 8));
     let out = w.poll(true, 120.0);
-    let init = out.iter().find(|(t, _)| matches!(t, Transmit::Initiation(_))).unwrap().1.clone();
+    let init = out
+        .iter()
+        .find(|(t, _)| matches!(t, Transmit::Initiation(_)))
+        .unwrap()
+        .1
+        .clone();
     let resp = w.deliver(false, 120.1, init).unwrap().unwrap();
     // B still sends on the old keypair until A confirms the new one.
     let old_b = w.seal(false, 120.1, &ipv4(40, 9));
@@ -318,8 +430,14 @@ fn previous_keypair_opens_packets_in_flight_across_a_rekey() {
     let new_a = w.seal(true, 120.2, &ipv4(40, 10));
     assert_eq!(w.deliver(false, 120.3, new_a).unwrap(), Some(ipv4(40, 10)));
     // Everything sent with the old keypair still opens on both sides.
-    assert_eq!(w.deliver(false, 120.4, in_flight_a).unwrap(), Some(ipv4(40, 7)));
-    assert_eq!(w.deliver(true, 120.4, in_flight_b).unwrap(), Some(ipv4(40, 8)));
+    assert_eq!(
+        w.deliver(false, 120.4, in_flight_a).unwrap(),
+        Some(ipv4(40, 7))
+    );
+    assert_eq!(
+        w.deliver(true, 120.4, in_flight_b).unwrap(),
+        Some(ipv4(40, 8))
+    );
     assert_eq!(w.deliver(true, 120.4, old_b).unwrap(), Some(ipv4(40, 9)));
 }
 
@@ -347,17 +465,28 @@ fn simultaneous_initiations_both_complete_without_loss() {
 
 #[test]
 fn persistent_keepalive() {
-    let cfg = SessionConfig { persistent_keepalive: Some(Duration::from_secs(25)), ..SessionConfig::default() };
+    let cfg = SessionConfig {
+        persistent_keepalive: Some(Duration::from_secs(25)),
+        ..SessionConfig::default()
+    };
     let mut w = world_with(cfg, SessionConfig::default());
     // Coming up, a peer with persistent keepalive starts a handshake by itself.
     let out = w.poll(true, 0.0);
-    let init = out.iter().find(|(t, _)| matches!(t, Transmit::Initiation(_))).expect("initiation").1.clone();
+    let init = out
+        .iter()
+        .find(|(t, _)| matches!(t, Transmit::Initiation(_)))
+        .expect("initiation")
+        .1
+        .clone();
     let resp = w.deliver(false, 0.0, init).unwrap().unwrap();
     w.deliver(true, 0.0, resp).unwrap();
     let ka = w.poll(true, 0.0);
     assert!(matches!(ka[..], [(Transmit::Keepalive(_), _)]));
     assert!(w.poll(true, 24.9).is_empty());
-    assert!(matches!(w.poll(true, 25.0)[..], [(Transmit::Keepalive(_), _)]));
+    assert!(matches!(
+        w.poll(true, 25.0)[..],
+        [(Transmit::Keepalive(_), _)]
+    ));
 }
 
 #[test]
@@ -373,13 +502,23 @@ fn reset_forgets_keys_but_not_the_replay_state() {
     assert_eq!(w.a.s.next_timeout(), None);
     assert!(w.poll(true, 1.0).is_empty());
     // The old initiation is still a replay for B.
-    assert!(w.deliver(false, 1.0, init).unwrap_err().contains("replayed"));
+    assert!(
+        w.deliver(false, 1.0, init)
+            .unwrap_err()
+            .contains("replayed")
+    );
 }
 
 #[test]
 fn peer_flags_mismatch_is_visible() {
-    let ca = SessionConfig { local_flags: HandshakeFlags::COMPRESSION, ..SessionConfig::default() };
-    let cb = SessionConfig { local_flags: HandshakeFlags::ETHERNET, ..SessionConfig::default() };
+    let ca = SessionConfig {
+        local_flags: HandshakeFlags::COMPRESSION,
+        ..SessionConfig::default()
+    };
+    let cb = SessionConfig {
+        local_flags: HandshakeFlags::ETHERNET,
+        ..SessionConfig::default()
+    };
     let mut w = world_with(ca, cb);
     w.establish(0.0);
     assert_eq!(w.a.s.peer_flags(), Some(HandshakeFlags::ETHERNET));
@@ -392,8 +531,14 @@ fn receiver_indexes_map_to_the_session_slot() {
     w.establish(0.0);
     let a_local = w.a.s.current.as_deref().unwrap().local_index();
     let b_local = w.b.s.current.as_deref().unwrap().local_index();
-    assert_eq!(SessionIndex::of_receiver(a_local), SessionIndex::new(1).unwrap());
-    assert_eq!(SessionIndex::of_receiver(b_local), SessionIndex::new(2).unwrap());
+    assert_eq!(
+        SessionIndex::of_receiver(a_local),
+        SessionIndex::new(1).unwrap()
+    );
+    assert_eq!(
+        SessionIndex::of_receiver(b_local),
+        SessionIndex::new(2).unwrap()
+    );
     assert!(SessionIndex::new(1 << 24).is_none());
     // A data message for an unknown index of this session is refused.
     let mut d = w.seal(true, 1.0, &ipv4(40, 1));
@@ -409,5 +554,9 @@ fn padded_ip_is_trimmed_and_garbage_inside_is_refused() {
     assert_eq!(d.len(), 16 + 48 + 16);
     assert_eq!(w.deliver(false, 1.0, d).unwrap(), Some(ipv4(45, 3)));
     let d = w.seal(true, 1.0, &[0x11; 20]);
-    assert!(w.deliver(false, 1.0, d).unwrap_err().contains("not an IPv4/IPv6"));
+    assert!(
+        w.deliver(false, 1.0, d)
+            .unwrap_err()
+            .contains("not an IPv4/IPv6")
+    );
 }

@@ -33,7 +33,13 @@ pub struct CookieReply<T> {
 impl<T: AsRef<[u8]>> CookieReply<T> {
     /// Validates type, exact length and that bytes 1..4 are zero.
     pub fn new_checked(buffer: T) -> Result<Self, WireError> {
-        check_fixed(buffer.as_ref(), MessageKind::CookieReply, TYPE_COOKIE_REPLY, COOKIE_REPLY_LEN, 0)?;
+        check_fixed(
+            buffer.as_ref(),
+            MessageKind::CookieReply,
+            TYPE_COOKIE_REPLY,
+            COOKIE_REPLY_LEN,
+            0,
+        )?;
         Ok(CookieReply { buffer })
     }
 

@@ -45,7 +45,11 @@ impl<T: AsRef<[u8]>> DataMessage<T> {
             Some(&t) => return Err(WireError::UnknownType(t)),
         }
         if b.len() < DATA_MIN_LEN {
-            return Err(WireError::TooShort { kind: MessageKind::Data, got: b.len(), min: DATA_MIN_LEN });
+            return Err(WireError::TooShort {
+                kind: MessageKind::Data,
+                got: b.len(),
+                min: DATA_MIN_LEN,
+            });
         }
         check_header(b, MessageKind::Data, PayloadFlags::KNOWN)?;
         Ok(DataMessage { buffer })

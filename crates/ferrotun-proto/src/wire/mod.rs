@@ -137,7 +137,11 @@ impl PayloadFlags {
 
     /// The flags if every set bit is known.
     pub const fn from_bits(bits: u8) -> Option<Self> {
-        if bits & !Self::KNOWN == 0 { Some(PayloadFlags(bits)) } else { None }
+        if bits & !Self::KNOWN == 0 {
+            Some(PayloadFlags(bits))
+        } else {
+            None
+        }
     }
     /// The flag byte.
     pub const fn bits(self) -> u8 {
@@ -173,7 +177,11 @@ impl HandshakeFlags {
 
     /// The flags if every set bit is known.
     pub const fn from_bits(bits: u8) -> Option<Self> {
-        if bits & !Self::KNOWN == 0 { Some(HandshakeFlags(bits)) } else { None }
+        if bits & !Self::KNOWN == 0 {
+            Some(HandshakeFlags(bits))
+        } else {
+            None
+        }
     }
     /// The flag byte.
     pub const fn bits(self) -> u8 {
@@ -198,7 +206,11 @@ fn check_header(bytes: &[u8], kind: MessageKind, flags_known: u8) -> Result<(), 
     for offset in RESERVED {
         let value = bytes[offset];
         if value != 0 {
-            return Err(WireError::ReservedNonZero { kind, offset, value });
+            return Err(WireError::ReservedNonZero {
+                kind,
+                offset,
+                value,
+            });
         }
     }
     let bits = bytes[FLAGS];
@@ -209,7 +221,13 @@ fn check_header(bytes: &[u8], kind: MessageKind, flags_known: u8) -> Result<(), 
 }
 
 /// Checks the header of a fixed-size handshake message.
-fn check_fixed(bytes: &[u8], kind: MessageKind, ty: u8, len: usize, flags_known: u8) -> Result<(), WireError> {
+fn check_fixed(
+    bytes: &[u8],
+    kind: MessageKind,
+    ty: u8,
+    len: usize,
+    flags_known: u8,
+) -> Result<(), WireError> {
     if bytes.is_empty() {
         return Err(WireError::Empty);
     }
@@ -217,7 +235,11 @@ fn check_fixed(bytes: &[u8], kind: MessageKind, ty: u8, len: usize, flags_known:
         return Err(WireError::UnknownType(bytes[TYPE]));
     }
     if bytes.len() != len {
-        return Err(WireError::WrongLength { kind, got: bytes.len(), want: len });
+        return Err(WireError::WrongLength {
+            kind,
+            got: bytes.len(),
+            want: len,
+        });
     }
     check_header(bytes, kind, flags_known)
 }

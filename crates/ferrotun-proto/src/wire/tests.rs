@@ -21,7 +21,10 @@ fn classify_each_kind_and_errors() {
     assert_eq!(Message::classify(&resp).unwrap().receiver_index(), Some(9));
     let mut cookie = [0u8; COOKIE_REPLY_LEN];
     cookie[0] = 3;
-    assert_eq!(Message::classify(&cookie).unwrap().kind(), MessageKind::CookieReply);
+    assert_eq!(
+        Message::classify(&cookie).unwrap().kind(),
+        MessageKind::CookieReply
+    );
     let mut data = [0u8; 40];
     data[0] = 4;
     data[1] = 3;
@@ -29,52 +32,87 @@ fn classify_each_kind_and_errors() {
     match Message::classify(&data).unwrap() {
         Message::Data(d) => {
             assert_eq!(d.counter(), u64::MAX);
-            assert_eq!(d.flags(), PayloadFlags::COMPRESSED.union(PayloadFlags::ETHERNET));
+            assert_eq!(
+                d.flags(),
+                PayloadFlags::COMPRESSED.union(PayloadFlags::ETHERNET)
+            );
             assert_eq!(d.payload_range(), 16..24);
         }
         other => panic!("{other:?}"),
     }
 
     assert_eq!(Message::classify(&[]).unwrap_err(), WireError::Empty);
-    assert_eq!(Message::classify(&[5]).unwrap_err(), WireError::UnknownType(5));
-    assert_eq!(Message::classify(&[0; 148]).unwrap_err(), WireError::UnknownType(0));
+    assert_eq!(
+        Message::classify(&[5]).unwrap_err(),
+        WireError::UnknownType(5)
+    );
+    assert_eq!(
+        Message::classify(&[0; 148]).unwrap_err(),
+        WireError::UnknownType(0)
+    );
     assert_eq!(
         Message::classify(&init[..147]).unwrap_err(),
-        WireError::WrongLength { kind: MessageKind::Initiation, got: 147, want: 148 }
+        WireError::WrongLength {
+            kind: MessageKind::Initiation,
+            got: 147,
+            want: 148
+        }
     );
     let mut long = [0u8; 149];
     long[0] = 1;
     assert_eq!(
         Message::classify(&long).unwrap_err(),
-        WireError::WrongLength { kind: MessageKind::Initiation, got: 149, want: 148 }
+        WireError::WrongLength {
+            kind: MessageKind::Initiation,
+            got: 149,
+            want: 148
+        }
     );
     assert_eq!(
         Message::classify(&data[..31]).unwrap_err(),
-        WireError::TooShort { kind: MessageKind::Data, got: 31, min: 32 }
+        WireError::TooShort {
+            kind: MessageKind::Data,
+            got: 31,
+            min: 32
+        }
     );
     let mut bad = init;
     bad[3] = 1;
     assert_eq!(
         Message::classify(&bad).unwrap_err(),
-        WireError::ReservedNonZero { kind: MessageKind::Initiation, offset: 3, value: 1 }
+        WireError::ReservedNonZero {
+            kind: MessageKind::Initiation,
+            offset: 3,
+            value: 1
+        }
     );
     let mut bad = resp;
     bad[1] = 4;
     assert_eq!(
         Message::classify(&bad).unwrap_err(),
-        WireError::UnknownFlags { kind: MessageKind::Response, bits: 4 }
+        WireError::UnknownFlags {
+            kind: MessageKind::Response,
+            bits: 4
+        }
     );
     let mut bad = cookie;
     bad[1] = 1;
     assert_eq!(
         Message::classify(&bad).unwrap_err(),
-        WireError::UnknownFlags { kind: MessageKind::CookieReply, bits: 1 }
+        WireError::UnknownFlags {
+            kind: MessageKind::CookieReply,
+            bits: 1
+        }
     );
     let mut bad = data;
     bad[2] = 0x80;
     assert_eq!(
         Message::classify(&bad).unwrap_err(),
-        WireError::ReservedNonZero { kind: MessageKind::Data, offset: 2, value: 0x80 }
+        WireError::ReservedNonZero {
+            kind: MessageKind::Data,
+            offset: 2,
+            value: 0x80
+        }
     );
 }
 
@@ -98,7 +136,10 @@ fn emit_then_parse() {
     r.set_sender(1);
     r.set_receiver(2);
     let v = Response::new_checked(&buf[..]).unwrap();
-    assert_eq!((v.sender(), v.receiver(), v.flags()), (1, 2, HandshakeFlags::COMPRESSION));
+    assert_eq!(
+        (v.sender(), v.receiver(), v.flags()),
+        (1, 2, HandshakeFlags::COMPRESSION)
+    );
 
     let mut buf = [0u8; 64];
     let mut c = CookieReply::emit(&mut buf).unwrap();
@@ -112,7 +153,11 @@ fn emit_then_parse() {
 fn flag_types() {
     assert_eq!(PayloadFlags::from_bits(4), None);
     assert_eq!(HandshakeFlags::from_bits(0x80), None);
-    assert!(PayloadFlags::from_bits(3).unwrap().contains(PayloadFlags::ETHERNET));
+    assert!(
+        PayloadFlags::from_bits(3)
+            .unwrap()
+            .contains(PayloadFlags::ETHERNET)
+    );
     assert!(PayloadFlags::NONE.is_empty());
     assert!(!HandshakeFlags::COMPRESSION.contains(HandshakeFlags::ETHERNET));
 }
