@@ -68,7 +68,8 @@ impl AeadBackend {
 }
 
 /// `ring`'s `CHACHA20_POLY1305` as a `LessSafeKey` (we supply unique counter nonces).
-/// ring keeps its key schedule opaque and does not zeroize it; see the crate README note.
+/// ring keeps its key schedule opaque and does not zeroize it on drop (RustCrypto's key
+/// does): a known limitation of the default backend.
 pub struct RingChaCha(LessSafeKey);
 
 impl RingChaCha {

@@ -45,8 +45,8 @@ pub struct OsEntropy;
 
 impl Entropy for OsEntropy {
     fn fill(&mut self, dest: &mut [u8]) -> Result<(), EntropyError> {
-        getrandom::fill(dest).map_err(|e| EntropyError {
-            code: e.raw_os_error().map(|c| c as i64),
+        getrandom::getrandom(dest).map_err(|e| EntropyError {
+            code: e.raw_os_error().map(i64::from),
         })
     }
 }

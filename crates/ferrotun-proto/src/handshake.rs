@@ -273,6 +273,11 @@ impl PendingInitiation {
     pub fn sender(&self) -> u32 {
         self.sender
     }
+    /// The error to count when the caller's peer table has no such key (the pending
+    /// state, with its secrets, is dropped).
+    pub fn unknown_initiator(self) -> HandshakeError {
+        HandshakeError::UnknownInitiator { key: self.initiator }
+    }
 }
 
 impl Drop for PendingInitiation {

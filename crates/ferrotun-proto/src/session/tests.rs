@@ -183,6 +183,15 @@ impl World {
 }
 
 #[test]
+fn thread_safety_of_the_public_types() {
+    fn send<T: Send>() {}
+    fn send_sync<T: Send + Sync>() {}
+    send::<Session>();
+    send_sync::<Identity>();
+    send_sync::<Keypair>();
+}
+
+#[test]
 fn first_packet_queues_then_handshake_then_flush() {
     let mut w = world();
     assert_eq!(w.send(true, 0.0, &ipv4(40, 0)), Encapsulated::Queue);
