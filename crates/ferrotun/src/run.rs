@@ -201,10 +201,10 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
     let table = build_table(&identity, interface.mode, &peers, AeadBackend::default())?;
     let socket = bind_udp(bind_addr)?;
     let mut iface = Interface::up(&interface, &routes, &hooks)?;
-    if let Some(ep) = endpoint {
-        if let Some(p) = table.get(0) {
-            p.set_endpoint(ep);
-        }
+    if let Some(ep) = endpoint
+        && let Some(p) = table.get(0)
+    {
+        p.set_endpoint(ep);
     }
     let queue = iface
         .take_queues()
