@@ -124,9 +124,35 @@ pub fn start_client(lab: &Lab, host: &Host, label: &str, cfg: &Path) -> NsProces
     start(lab, host, label, client_bin(), cfg)
 }
 
+/// The control socket of the process started as `label` (each test's own: `/run` is
+/// shared by every namespace, and tests run in parallel).
+pub fn socket_path(lab: &Lab, label: &str) -> PathBuf {
+    lab.log_dir().join(format!("{label}.sock"))
+}
+
+/// Asks the process started as `label` for `show --json` and parses it.
+pub fn show_json(lab: &Lab, label: &str) -> serde_json::Value {
+    let out = Command::new(server_bin())
+        .args(["show", "--json", "--socket"])
+        .arg(socket_path(lab, label))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "show: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("show --json prints JSON")
+}
+
 fn start(lab: &Lab, host: &Host, label: &str, bin: &str, cfg: &Path) -> NsProcess {
     let mut cmd = host.command(bin);
-    cmd.arg("-v").arg("-c").arg(cfg).env("RUST_LOG", "debug");
+    cmd.arg("-v")
+        .arg("-c")
+        .arg(cfg)
+        .arg("--socket")
+        .arg(socket_path(lab, label))
+        .env("RUST_LOG", "debug");
     let mut p = lab.spawn(label, &mut cmd).unwrap();
     if let Err(e) = p.wait_for_output("tunnel running", UP) {
         panic!("{label} did not start: {e}\n{}", p.stderr());

@@ -41,6 +41,10 @@ struct Cli {
     /// The config file; runs the tunnel in the foreground until SIGINT or SIGTERM.
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// The control socket `show` talks to (default: control_socket from the config, else
+    /// /run/ferrotun/INTERFACE.sock).
+    #[arg(short, long, value_name = "PATH")]
+    socket: Option<PathBuf>,
     /// More log output (-v debug, -vv trace). RUST_LOG, when set, wins.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
@@ -62,6 +66,20 @@ enum Command {
         /// The config file.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+    },
+    /// Show a running tunnel's peers, transfer counters and drops (like `wg show`).
+    Show {
+        /// The interface whose instance to ask (its socket is /run/ferrotun/NAME.sock).
+        interface: Option<String>,
+        /// Find the instance from its config file instead.
+        #[arg(short, long, value_name = "FILE", conflicts_with = "interface")]
+        config: Option<PathBuf>,
+        /// The instance's control socket.
+        #[arg(short, long, value_name = "PATH", conflicts_with_all = ["interface", "config"])]
+        socket: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -100,6 +118,12 @@ pub fn main(role: Role) -> ExitCode {
         Some(Command::Genkey) => genkey(),
         Some(Command::Pubkey) => pubkey(),
         Some(Command::Check { config }) => check(role, &config),
+        Some(Command::Show {
+            interface,
+            config,
+            socket,
+            json,
+        }) => show(role, interface, config, socket, json),
         None => {
             let Some(config) = cli.config else {
                 eprintln!(
@@ -109,7 +133,73 @@ pub fn main(role: Role) -> ExitCode {
                 return ExitCode::from(2);
             };
             init_logging(cli.verbose, cli.quiet);
-            crate::run::run(role, &config)
+            crate::run::run(role, &config, cli.socket)
+        }
+    }
+}
+
+fn show(
+    role: Role,
+    interface: Option<String>,
+    config: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    json: bool,
+) -> ExitCode {
+    let path = match (socket, config, interface) {
+        (Some(s), _, _) => s,
+        (None, Some(c), _) => {
+            let iface = match role {
+                Role::Server => ServerConfig::load(&c).map(|c| c.interface),
+                Role::Client => ClientConfig::load(&c).map(|c| c.interface),
+            };
+            match iface {
+                Ok(i) => i
+                    .control_socket
+                    .unwrap_or_else(|| crate::ctlsock::default_path(&i.name)),
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        (None, None, Some(i)) => crate::ctlsock::default_path(&i),
+        (None, None, None) => {
+            // The one socket in the default directory, if there is exactly one.
+            let found: Vec<PathBuf> = std::fs::read_dir(crate::ctlsock::DEFAULT_DIR)
+                .map(|d| {
+                    d.filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            match found.as_slice() {
+                [one] => one.clone(),
+                [] => {
+                    eprintln!(
+                        "{}: no running instance found in {}; name an interface, -c FILE or --socket PATH",
+                        role.name(),
+                        crate::ctlsock::DEFAULT_DIR
+                    );
+                    return ExitCode::from(1);
+                }
+                _ => {
+                    eprintln!(
+                        "{}: several instances run; name one (interface, -c FILE or --socket PATH)",
+                        role.name()
+                    );
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    match crate::ctlsock::query(&path, json) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e:#}", role.name());
+            ExitCode::from(1)
         }
     }
 }

@@ -298,6 +298,18 @@ pub struct PeerConfig {
     pub file: PathBuf,
 }
 
+impl PeerConfig {
+    /// Whether `other` can keep this peer's session: same key, preshared key, compression
+    /// and keepalive (name and allowed IPs may change under a running session).
+    pub fn same_session(&self, other: &PeerConfig) -> bool {
+        self.public_key == other.public_key
+            && self.preshared_key.as_ref().map(|k| *k.as_bytes())
+                == other.preshared_key.as_ref().map(|k| *k.as_bytes())
+            && self.compress == other.compress
+            && self.keepalive == other.keepalive
+    }
+}
+
 /// A validated server config.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {

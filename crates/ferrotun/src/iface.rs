@@ -24,6 +24,7 @@ pub struct Interface {
     mode: Mode,
     mtu: u32,
     queues: Vec<Queue>,
+    addresses: Vec<IpNet>,
     /// A duplicate of the first queue's descriptor: it keeps the device in existence after
     /// the data path has dropped its queues, until the `down` hook has run.
     keeper: std::os::fd::OwnedFd,
@@ -48,11 +49,7 @@ impl Interface {
         link.set_up(true)?;
         link.wait_addresses_ready(ADDRESS_READY_TIMEOUT)?;
         for r in routes {
-            let covered = cfg
-                .addresses
-                .iter()
-                .any(|a| a.trunc().contains(r) || a.trunc() == *r);
-            if covered {
+            if covered(&cfg.addresses, r) {
                 continue;
             }
             match link.add_route(*r, None) {
@@ -81,6 +78,7 @@ impl Interface {
         tracing::info!(interface = %name, mode = %cfg.mode, mtu = cfg.mtu, "interface up");
         Ok(Interface {
             keeper,
+            addresses: cfg.addresses.clone(),
             link,
             mode: cfg.mode,
             mtu: cfg.mtu,
@@ -105,6 +103,33 @@ impl Interface {
         self.mtu
     }
 
+    /// Adds routes that `after` has and `before` lacks, removes the opposite (reload).
+    /// Failures are logged: the tunnel keeps running with the routes it has.
+    pub fn update_routes(&self, before: &[IpNet], after: &[IpNet]) {
+        for r in after
+            .iter()
+            .filter(|r| !before.contains(r) && !covered(&self.addresses, r))
+        {
+            match self.link.add_route(*r, None) {
+                Ok(()) => tracing::info!(interface = %self.name(), route = %r, "route added"),
+                Err(e) => {
+                    tracing::warn!(interface = %self.name(), route = %r, "adding a route: {e}")
+                }
+            }
+        }
+        for r in before
+            .iter()
+            .filter(|r| !after.contains(r) && !covered(&self.addresses, r))
+        {
+            match self.link.del_route(*r, None) {
+                Ok(()) => tracing::info!(interface = %self.name(), route = %r, "route removed"),
+                Err(e) => {
+                    tracing::warn!(interface = %self.name(), route = %r, "removing a route: {e}")
+                }
+            }
+        }
+    }
+
     /// Takes the device's queues for the data path.
     pub fn take_queues(&mut self) -> Vec<Queue> {
         std::mem::take(&mut self.queues)
@@ -122,6 +147,11 @@ impl Interface {
         drop(self.keeper);
         tracing::info!(interface = %self.link.name(), "interface down");
     }
+}
+
+/// Whether an interface address's own prefix already routes `r` through the device.
+fn covered(addresses: &[IpNet], r: &IpNet) -> bool {
+    addresses.iter().any(|a| a.trunc().contains(r))
 }
 
 fn log_output(hook: &str, out: &str) {

@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod ctlsock;
 pub mod engine;
 pub mod hooks;
 pub mod iface;
@@ -17,3 +18,4 @@ pub mod peer;
 pub mod routing;
 pub mod run;
 pub mod stats;
+pub mod status;

@@ -11,16 +11,17 @@
 //! used while no keypair exists.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use ferrotun_proto::{HandshakeFlags, Keypair, Session};
+use ipnet::IpNet;
 
 use crate::config::PeerConfig;
-use crate::stats::Traffic;
+use crate::engine::PeerAddr;
+use crate::stats::{DropCounts, Traffic};
 
 /// Packets kept while a handshake is under way (the Linux driver's MAX_STAGED_PACKETS).
 pub const MAX_STAGED: usize = 128;
@@ -53,6 +54,18 @@ pub fn unstamp(epoch: Instant, s: u64) -> Option<Instant> {
     (s != 0).then(|| epoch + std::time::Duration::from_nanos(s - 1))
 }
 
+/// What `show` and the client's connector read about a session, published by the
+/// control task.
+#[derive(Debug, Default)]
+pub struct Status {
+    /// A keypair can send.
+    pub established: AtomicBool,
+    /// A handshake of ours is waiting for its response.
+    pub in_progress: AtomicBool,
+    /// When the last handshake completed (a stamp; 0 = never).
+    pub handshake_at: AtomicU64,
+}
+
 /// One peer.
 pub struct Peer {
     /// Its slot: the session index, and its place in the peer table.
@@ -62,8 +75,14 @@ pub struct Peer {
     /// The capability flags we send this peer (compression, Ethernet).
     pub local_flags: HandshakeFlags,
     /// Where to send: the configured endpoint (client) or the source of the peer's last
-    /// authenticated packet (roaming).
-    pub endpoint: ArcSwapOption<SocketAddr>,
+    /// authenticated packet (roaming), a UDP address or a TCP connection.
+    pub endpoint: ArcSwapOption<PeerAddr>,
+    /// The inner prefixes the peer may use (reload may change them).
+    allowed_ips: ArcSwap<Vec<IpNet>>,
+    /// Session state for `show` and the connector.
+    pub status: Status,
+    /// Set when the peer was removed or replaced by a reload.
+    pub removed: AtomicBool,
     /// The keypair the send path seals with.
     pub send_keypair: ArcSwapOption<Keypair>,
     /// Every keypair the receive path may open with.
@@ -79,6 +98,8 @@ pub struct Peer {
     pub notes: Notes,
     /// Counters.
     pub traffic: Traffic,
+    /// Packets from or for this peer that were dropped, by reason.
+    pub drops: DropCounts,
 }
 
 impl Peer {
@@ -89,11 +110,15 @@ impl Peer {
         local_flags: HandshakeFlags,
         session: Session,
     ) -> Peer {
+        let allowed_ips = ArcSwap::from_pointee(config.allowed_ips.clone());
         Peer {
             slot,
             config,
             local_flags,
             endpoint: ArcSwapOption::empty(),
+            allowed_ips,
+            status: Status::default(),
+            removed: AtomicBool::new(false),
             send_keypair: ArcSwapOption::empty(),
             recv_keypairs: ArcSwap::from_pointee(Vec::new()),
             next_index: AtomicU32::new(0),
@@ -101,6 +126,7 @@ impl Peer {
             staged: Mutex::new(VecDeque::new()),
             notes: Notes::default(),
             traffic: Traffic::default(),
+            drops: DropCounts::default(),
         }
     }
 
@@ -120,20 +146,52 @@ impl Peer {
     }
 
     /// The current endpoint.
-    pub fn endpoint(&self) -> Option<SocketAddr> {
-        self.endpoint.load().as_deref().copied()
+    pub fn endpoint(&self) -> Option<PeerAddr> {
+        self.endpoint.load().as_deref().cloned()
     }
 
     /// Records the peer's address (from an authenticated packet) and logs a change.
-    pub fn set_endpoint(&self, addr: SocketAddr) {
-        let old = self.endpoint();
-        if old == Some(addr) {
+    pub fn set_endpoint(&self, addr: PeerAddr) {
+        let old = self.endpoint.load();
+        if old.as_deref().is_some_and(|o| o.same(&addr)) {
             return;
         }
-        self.endpoint.store(Some(Arc::new(addr)));
-        match old {
+        match old.as_deref() {
             None => tracing::info!(peer = self.name(), endpoint = %addr, "peer address learned"),
-            Some(old) => tracing::info!(peer = self.name(), endpoint = %addr, %old, "peer roamed"),
+            Some(o) => {
+                tracing::info!(peer = self.name(), endpoint = %addr, old = %o, "peer roamed")
+            }
+        }
+        self.endpoint.store(Some(Arc::new(addr)));
+    }
+
+    /// Forgets a TCP endpoint that closed.
+    pub fn clear_tcp(&self, conn_id: u64) {
+        let cur = self.endpoint.load();
+        if let Some(PeerAddr::Tcp(c)) = cur.as_deref()
+            && c.id == conn_id
+        {
+            self.endpoint.compare_and_swap(&cur, None);
+        }
+    }
+
+    /// Cuts the peer off: closes its TCP connection, forgets its address.
+    pub fn disconnect(&self) {
+        self.removed.store(true, Ordering::Relaxed);
+        if let Some(PeerAddr::Tcp(c)) = self.endpoint.swap(None).as_deref() {
+            c.close();
+        }
+    }
+
+    /// The inner prefixes the peer may use.
+    pub fn allowed_ips(&self) -> Guard<Arc<Vec<IpNet>>> {
+        self.allowed_ips.load()
+    }
+
+    /// Replaces the peer's allowed IPs (reload).
+    pub fn set_allowed_ips(&self, nets: Vec<IpNet>) {
+        if self.allowed_ips.load().as_slice() != nets.as_slice() {
+            self.allowed_ips.store(Arc::new(nets));
         }
     }
 

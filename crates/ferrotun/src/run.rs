@@ -1,12 +1,13 @@
-//! Running a tunnel in the foreground: load the config, bring the interface up, bind the
-//! socket, start the engine, wait for a signal or a failure, and take everything down.
+//! Running a tunnel in the foreground: load the config, bind the sockets, bring the
+//! interface up, start the engine, serve `show`, reload on SIGHUP, and take everything
+//! down on SIGINT/SIGTERM.
 //!
-//! Exit codes: 0 after SIGINT/SIGTERM, 1 for a runtime failure (device or port in use, a
-//! failed `up` hook, a data path error), 2 for a bad config (checked before anything is
-//! created).
+//! Exit codes: 0 after SIGINT/SIGTERM, 1 for a runtime failure (device, port or control
+//! socket in use, a failed `up` hook, a data path error, a lost server with
+//! `persist = false`), 2 for a bad config (checked before anything is created).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -16,8 +17,10 @@ use ipnet::IpNet;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::Role;
-use crate::config::{ClientConfig, Endpoint, Hooks, InterfaceConfig, PeerConfig, ServerConfig};
-use crate::engine::{Engine, EngineConfig, build_table, check_transport};
+use crate::config::{ClientConfig, Hooks, InterfaceConfig, PeerConfig, ServerConfig, Transport};
+use crate::ctlsock::{self, ControlSocket};
+use crate::engine::client::ClientSettings;
+use crate::engine::{Engine, EngineConfig, all_routes, build_table};
 use crate::iface::Interface;
 
 /// UDP socket buffer size we ask for: room for bursts at several Gbit/s.
@@ -25,12 +28,14 @@ const SOCKET_BUFFER: usize = 4 << 20;
 
 /// Everything the runner needs from either kind of config.
 struct Plan {
+    config: PathBuf,
     interface: InterfaceConfig,
     hooks: Hooks,
     peers: Vec<PeerConfig>,
     routes: Vec<IpNet>,
-    listen: Option<SocketAddr>,
-    connect: Option<Endpoint>,
+    listen_udp: Option<SocketAddr>,
+    listen_tcp: Option<SocketAddr>,
+    client: Option<ClientSettings>,
 }
 
 fn plan(role: Role, path: &Path) -> Result<Plan, crate::config::ConfigError> {
@@ -38,6 +43,7 @@ fn plan(role: Role, path: &Path) -> Result<Plan, crate::config::ConfigError> {
         Role::Server => {
             let c = ServerConfig::load(path)?;
             Plan {
+                config: path.to_owned(),
                 routes: c
                     .peers
                     .iter()
@@ -46,33 +52,34 @@ fn plan(role: Role, path: &Path) -> Result<Plan, crate::config::ConfigError> {
                 interface: c.interface,
                 hooks: c.hooks,
                 peers: c.peers,
-                listen: c.listen_udp,
-                connect: None,
+                listen_udp: c.listen_udp,
+                listen_tcp: c.listen_tcp,
+                client: None,
             }
         }
         Role::Client => {
             let c = ClientConfig::load(path)?;
-            if let Err(e) = check_transport(c.transport) {
-                return Err(crate::config::ConfigError {
-                    file: path.to_owned(),
-                    position: None,
-                    message: e.to_string(),
-                });
-            }
             Plan {
+                config: path.to_owned(),
                 routes: c.server.allowed_ips.clone(),
                 interface: c.interface,
                 hooks: c.hooks,
                 peers: vec![c.server],
-                listen: None,
-                connect: Some(c.endpoint),
+                listen_udp: None,
+                listen_tcp: None,
+                client: Some(ClientSettings {
+                    endpoint: c.endpoint,
+                    transport: c.transport,
+                    persist: c.persist,
+                }),
             }
         }
     })
 }
 
 /// Runs the tunnel described by the config at `path` until a signal or a failure.
-pub fn run(role: Role, path: &Path) -> ExitCode {
+/// `socket` overrides the control socket's path.
+pub fn run(role: Role, path: &Path, socket: Option<PathBuf>) -> ExitCode {
     let plan = match plan(role, path) {
         Ok(p) => p,
         Err(e) => {
@@ -80,13 +87,6 @@ pub fn run(role: Role, path: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if role == Role::Server && plan.listen.is_none() {
-        eprintln!(
-            "{}: [listen] tcp is not implemented yet; configure udp",
-            path.display()
-        );
-        return ExitCode::from(2);
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("ferrotun")
@@ -99,7 +99,7 @@ pub fn run(role: Role, path: &Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(serve(plan)) {
+    match runtime.block_on(serve(role, plan, socket)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -108,17 +108,31 @@ pub fn run(role: Role, path: &Path) -> ExitCode {
     }
 }
 
-async fn resolve(ep: &Endpoint) -> anyhow::Result<SocketAddr> {
-    let mut addrs = tokio::net::lookup_host((ep.host.as_str(), ep.port))
-        .await
-        .with_context(|| format!("resolving endpoint {ep}"))?;
-    addrs
-        .next()
-        .with_context(|| format!("endpoint {ep} resolves to no address"))
+fn set_int_option(
+    fd: std::os::fd::RawFd,
+    opt: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
+    // SAFETY: the option value points to a live c_int of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 fn bind_udp(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
+    use std::os::fd::AsRawFd;
     let sock = Socket::new(
         Domain::for_address(addr),
         Type::DGRAM.cloexec(),
@@ -136,8 +150,8 @@ fn bind_udp(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
         (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
     ] {
-        if set_int_option(&sock, force, SOCKET_BUFFER as libc::c_int).is_err() {
-            let _ = set_int_option(&sock, plain, SOCKET_BUFFER as libc::c_int);
+        if set_int_option(sock.as_raw_fd(), force, SOCKET_BUFFER as libc::c_int).is_err() {
+            let _ = set_int_option(sock.as_raw_fd(), plain, SOCKET_BUFFER as libc::c_int);
         }
     }
     sock.bind(&addr.into()).map_err(|e| {
@@ -152,91 +166,150 @@ fn bind_udp(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
     Ok(sock.into())
 }
 
-fn set_int_option(
-    sock: &socket2::Socket,
-    opt: libc::c_int,
-    value: libc::c_int,
-) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: the option value points to a live c_int of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            opt,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
+fn bind_tcp(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.cloexec(),
+        Some(Protocol::TCP),
+    )
+    .context("creating the TCP socket")?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(false)
+            .context("making the socket dual-stack")?;
     }
+    // SO_REUSEADDR lets a restarted server bind while old connections sit in TIME_WAIT; it
+    // does not let two processes listen on one port (that would need SO_REUSEPORT).
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into()).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!(
+                "tcp {addr}: in use (another ferrotun-server, or another program, listens there)"
+            )
+        } else {
+            anyhow::anyhow!("tcp {addr}: bind: {e}")
+        }
+    })?;
+    sock.listen(1024)?;
+    Ok(sock.into())
 }
 
-async fn serve(plan: Plan) -> anyhow::Result<()> {
+/// A client's UDP socket: dual-stack so that a re-resolved endpoint of either family
+/// works, or IPv4 only where IPv6 is off.
+fn client_udp() -> anyhow::Result<std::net::UdpSocket> {
+    bind_udp(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0))
+        .or_else(|_| bind_udp(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)))
+}
+
+async fn serve(role: Role, plan: Plan, socket: Option<PathBuf>) -> anyhow::Result<()> {
     let Plan {
+        config,
         interface,
         hooks,
         peers,
         routes,
-        listen,
-        connect,
+        listen_udp,
+        listen_tcp,
+        client,
     } = plan;
-    for p in &peers {
-        tracing::debug!(peer = %p.name, key = %p.public_key, "peer configured");
-    }
-    // Resolve before creating anything: an unresolvable endpoint leaves no interface.
-    let endpoint = match &connect {
-        Some(ep) => Some(resolve(ep).await?),
+    // Resolve before creating anything: an unresolvable endpoint with persist = false
+    // leaves no interface; with persist = true the connector keeps trying.
+    let endpoint = match &client {
+        Some(c) => match crate::engine::client::resolve(&c.endpoint).await {
+            Ok(a) => Some(crate::engine::canonical(a)),
+            Err(e) if c.persist => {
+                tracing::warn!(endpoint = %c.endpoint, "resolving the server: {e}; will keep trying");
+                None
+            }
+            Err(e) => anyhow::bail!("resolving the server {}: {e}", c.endpoint),
+        },
         None => None,
     };
-    let bind_addr = match (listen, endpoint) {
-        (Some(l), _) => l,
-        (None, Some(SocketAddr::V6(_))) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
-        (None, _) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
-    };
     let identity = Arc::new(Identity::new(interface.private_key.clone()));
-    let table = build_table(&identity, interface.mode, &peers, AeadBackend::default())?;
-    let socket = bind_udp(bind_addr)?;
+    let backend = AeadBackend::default();
+    let table = build_table(&identity, interface.mode, &peers, backend)?;
+    let udp = match (&client, listen_udp) {
+        (Some(c), _) if c.transport == Transport::Udp => Some(client_udp()?),
+        (None, Some(addr)) => Some(bind_udp(addr)?),
+        _ => None,
+    };
+    let tcp = match listen_tcp {
+        Some(addr) => Some(bind_tcp(addr)?),
+        None => None,
+    };
     let mut iface = Interface::up(&interface, &routes, &hooks)?;
-    if let Some(ep) = endpoint
+    let socket_path = socket
+        .or_else(|| interface.control_socket.clone())
+        .unwrap_or_else(|| ctlsock::default_path(iface.name()));
+    let mut control = ControlSocket::bind(&socket_path)?;
+    if let (Some(ep), Some(c)) = (endpoint, &client)
+        && c.transport == Transport::Udp
         && let Some(p) = table.get(0)
     {
-        p.set_endpoint(ep);
+        p.set_endpoint(crate::engine::PeerAddr::Udp(ep));
     }
     let queue = iface
         .take_queues()
         .pop()
         .context("the device has no queue")?;
+    let mut engine = Engine::start(EngineConfig {
+        mode: iface.mode(),
+        server: role == Role::Server,
+        mtu: iface.mtu(),
+        interface: iface.name().to_owned(),
+        identity,
+        backend,
+        table,
+        udp,
+        tcp,
+        tun: queue,
+        client,
+    })?;
+    let _server = control.serve(engine.shared.clone())?;
     tracing::info!(
         interface = iface.name(),
-        listen = %socket.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        listening = ?engine.shared.listening.iter().map(|(t, a)| format!("{t} {a}")).collect::<Vec<_>>(),
+        control = %control.path().display(),
         peers = peers.len(),
         "tunnel running"
     );
-    let mut engine = Engine::start(EngineConfig {
-        mode: iface.mode(),
-        mtu: iface.mtu(),
-        identity,
-        table,
-        socket,
-        tun: queue,
-        connect: if endpoint.is_some() {
-            vec![0]
-        } else {
-            Vec::new()
-        },
-    })?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let result = tokio::select! {
-        _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); Ok(()) }
-        _ = int.recv() => { tracing::info!("SIGINT: shutting down"); Ok(()) }
-        e = engine.failed() => Err(e),
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let result = loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break Ok(()) }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break Ok(()) }
+            _ = hup.recv() => reload(role, &config, &engine, &iface),
+            e = engine.failed() => break Err(e),
+        }
     };
     engine.stop().await;
+    drop(control);
     iface.down();
     result
+}
+
+/// SIGHUP: a server rereads its config and peer files; a bad file keeps the old ones.
+fn reload(role: Role, path: &Path, engine: &Engine, iface: &Interface) {
+    if role != Role::Server {
+        tracing::info!("SIGHUP: a client has nothing to reload");
+        return;
+    }
+    let cfg = match ServerConfig::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("SIGHUP: keeping the running configuration: {e}");
+            return;
+        }
+    };
+    let before = all_routes(&engine.shared.table.load());
+    match engine.reload(&cfg.peers) {
+        Ok(s) => {
+            let after = all_routes(&engine.shared.table.load());
+            iface.update_routes(&before, &after);
+            tracing::info!(added = ?s.added, removed = ?s.removed, changed = ?s.changed, "SIGHUP: peers reloaded");
+        }
+        Err(e) => tracing::error!("SIGHUP: keeping the running configuration: {e:#}"),
+    }
 }

@@ -54,9 +54,43 @@ drop_reasons! {
     QueueFull => "queue_full", "A packet waiting for a handshake, dropped because the queue was full.";
     TooBig => "too_big", "A packet from the device larger than the MTU.";
     SendFailed => "send_failed", "A datagram the socket would not send.";
+    Hairpin => "hairpin", "A TAP frame for the peer it came from (a switch never sends it back).";
+    TcpClosed => "tcp_closed", "A TCP connection closed for garbage, an oversized frame, no handshake in time, or eviction.";
+    HandshakeFlood => "handshake_flood", "A handshake message dropped because the handshake queue was full.";
 }
 
 const N: usize = DropReason::ALL.len();
+
+/// Drop counters by reason, without logging (one per peer).
+#[derive(Debug)]
+pub struct DropCounts([AtomicU64; N]);
+
+impl Default for DropCounts {
+    fn default() -> Self {
+        DropCounts(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl DropCounts {
+    /// Counts one drop.
+    pub fn count(&self, reason: DropReason) {
+        self.0[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The count for one reason.
+    pub fn get(&self, reason: DropReason) -> u64 {
+        self.0[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// Every non-zero count, by reason name.
+    pub fn nonzero(&self) -> Vec<(&'static str, u64)> {
+        DropReason::ALL
+            .iter()
+            .map(|r| (r.name(), self.get(*r)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}
 
 /// Drop counters by reason, with the log rate limit.
 #[derive(Debug)]
@@ -131,28 +165,30 @@ pub struct Traffic {
     pub tx_bytes: AtomicU64,
     /// Packets sent to the peer.
     pub tx_packets: AtomicU64,
-    /// Bytes of payload before compression, of the packets sent compressed.
-    pub tx_compressible_bytes: AtomicU64,
-    /// Bytes those packets took after compression.
-    pub tx_compressed_bytes: AtomicU64,
-    /// Bytes of compressed payload received.
-    pub rx_compressed_bytes: AtomicU64,
-    /// Bytes those payloads took after decompression.
-    pub rx_decompressed_bytes: AtomicU64,
+    /// Payload bytes sent after compression (equal to `tx_bytes` when nothing
+    /// compressed).
+    pub tx_payload_bytes: AtomicU64,
+    /// Payload bytes received before decompression.
+    pub rx_payload_bytes: AtomicU64,
     /// Completed handshakes.
     pub handshakes: AtomicU64,
 }
 
 impl Traffic {
-    /// Adds one received packet of `len` inner bytes.
-    pub fn received(&self, len: usize) {
+    /// Adds one received packet of `len` inner bytes that took `payload` bytes on the
+    /// wire (less when it came compressed).
+    pub fn received(&self, len: usize, payload: usize) {
         self.rx_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        self.rx_payload_bytes
+            .fetch_add(payload as u64, Ordering::Relaxed);
         self.rx_packets.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Adds one sent packet of `len` inner bytes.
-    pub fn sent(&self, len: usize) {
+    /// Adds one sent packet of `len` inner bytes that took `payload` bytes on the wire.
+    pub fn sent(&self, len: usize, payload: usize) {
         self.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        self.tx_payload_bytes
+            .fetch_add(payload as u64, Ordering::Relaxed);
         self.tx_packets.fetch_add(1, Ordering::Relaxed);
     }
 }

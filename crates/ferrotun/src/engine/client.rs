@@ -1,0 +1,187 @@
+//! A client's connector: keeps the server reachable.
+//!
+//! Over UDP the session's own timers retry handshakes (every 5 s for 90 s, as WireGuard);
+//! the connector adds what WireGuard lacks: with `persist = true` it keeps trying after
+//! that, with capped exponential backoff and jitter, and it resolves the endpoint's host
+//! name again on every round once handshakes have failed for a while, so a server that
+//! moved is found again. Over TCP it connects, runs the connection, and reconnects with the
+//! same backoff when the connection breaks. With `persist = false` a lost server ends the
+//! client (exit 1) instead.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use ferrotun_proto::Entropy;
+
+use super::{PeerAddr, Shared, tcp};
+use crate::config::{Endpoint, Transport};
+use crate::peer::Peer;
+
+/// First retry delay.
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+/// Longest retry delay: a server that comes back is reached within this (plus jitter).
+const BACKOFF_MAX: Duration = Duration::from_secs(4);
+/// After this long without a session the endpoint is resolved again on every round.
+const RERESOLVE_AFTER: Duration = Duration::from_secs(10);
+/// How long a TCP connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A UDP client without `persist` gives up after this long without a session (WireGuard's
+/// REKEY_ATTEMPT_TIME).
+const GIVE_UP: Duration = Duration::from_secs(90);
+
+/// How the client reaches its server.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// Where the server is.
+    pub endpoint: Endpoint,
+    /// UDP or TCP.
+    pub transport: Transport,
+    /// Keep reconnecting.
+    pub persist: bool,
+}
+
+/// Capped exponential backoff with jitter.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff { next: BACKOFF_MIN }
+    }
+
+    fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+
+    /// The next delay: the current step ±25 %, then the step doubles up to the cap.
+    fn step(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        let r = ferrotun_proto::OsEntropy.next_u64().unwrap_or(0) % 1000;
+        base.mul_f64(0.75 + r as f64 / 2000.0)
+    }
+}
+
+/// Resolves the endpoint to one address (the first the resolver gives).
+pub async fn resolve(ep: &Endpoint) -> std::io::Result<SocketAddr> {
+    tokio::net::lookup_host((ep.host.as_str(), ep.port))
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
+}
+
+/// Runs the connector for the client's one peer (slot 0).
+pub async fn run(shared: Arc<Shared>, settings: ClientSettings) -> anyhow::Result<()> {
+    let Some(peer) = shared.table.load().get(0).cloned() else {
+        anyhow::bail!("a client needs its server as peer 0");
+    };
+    match settings.transport {
+        Transport::Udp => udp(&shared, &peer, &settings).await,
+        Transport::Tcp => tcp_loop(&shared, &peer, &settings).await,
+    }
+}
+
+fn request_handshake(shared: &Shared, peer: &Peer) {
+    peer.notes.wants_handshake.store(true, Ordering::Release);
+    peer.mark();
+    shared.wake.notify_one();
+}
+
+async fn reresolve(peer: &Peer, ep: &Endpoint) {
+    match resolve(ep).await {
+        Ok(addr) => {
+            let addr = super::canonical(addr);
+            if peer.endpoint().is_none_or(|cur| cur.addr() != addr) {
+                tracing::info!(endpoint = %ep, address = %addr, "server endpoint resolved to a new address");
+                peer.set_endpoint(PeerAddr::Udp(addr));
+            }
+        }
+        Err(e) => tracing::warn!(endpoint = %ep, "resolving the server: {e}"),
+    }
+}
+
+async fn udp(shared: &Shared, peer: &Peer, s: &ClientSettings) -> anyhow::Result<()> {
+    let mut backoff = Backoff::new();
+    let mut down_since = Some(Instant::now());
+    request_handshake(shared, peer);
+    loop {
+        let wait = if down_since.is_some() {
+            backoff.step()
+        } else {
+            Duration::from_secs(1)
+        };
+        tokio::time::sleep(wait).await;
+        if peer.status.established.load(Ordering::Relaxed) {
+            if down_since.take().is_some() {
+                backoff.reset();
+            }
+            continue;
+        }
+        let since = *down_since.get_or_insert_with(Instant::now);
+        if !s.persist && since.elapsed() >= GIVE_UP {
+            anyhow::bail!(
+                "no session with the server {} for {GIVE_UP:?} and persist = false",
+                s.endpoint
+            );
+        }
+        if since.elapsed() >= RERESOLVE_AFTER {
+            reresolve(peer, &s.endpoint).await;
+        }
+        if !peer.status.in_progress.load(Ordering::Relaxed) {
+            request_handshake(shared, peer);
+        }
+    }
+}
+
+async fn tcp_loop(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    s: &ClientSettings,
+) -> anyhow::Result<()> {
+    let mut backoff = Backoff::new();
+    let mut failures = 0u32;
+    loop {
+        let attempt = async {
+            let addr = resolve(&s.endpoint).await?;
+            tcp::connect(addr, CONNECT_TIMEOUT).await
+        };
+        match attempt.await {
+            Ok((stream, conn)) => {
+                failures = 0;
+                tracing::info!(server = %conn.remote, "connected over TCP");
+                peer.set_endpoint(PeerAddr::Tcp(conn.clone()));
+                request_handshake(shared, peer);
+                let started = Instant::now();
+                tcp::serve(shared.clone(), stream, conn).await;
+                tracing::warn!(server = %s.endpoint, "TCP connection to the server lost");
+                if !s.persist {
+                    anyhow::bail!(
+                        "the connection to the server {} closed and persist = false",
+                        s.endpoint
+                    );
+                }
+                if started.elapsed() > RERESOLVE_AFTER {
+                    backoff.reset();
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!(server = %s.endpoint, "connecting over TCP: {e}; retrying");
+                } else {
+                    tracing::debug!(server = %s.endpoint, attempt = failures, "connecting over TCP: {e}");
+                }
+                if !s.persist {
+                    anyhow::bail!(
+                        "cannot connect to the server {}: {e} (persist = false)",
+                        s.endpoint
+                    );
+                }
+            }
+        }
+        tokio::time::sleep(backoff.step()).await;
+    }
+}
