@@ -35,6 +35,7 @@ mod link;
 pub mod name;
 mod netlink;
 mod tun;
+pub mod vnet;
 
 pub use asyncio::AsyncQueue;
 pub use error::{DeviceError, Result};

@@ -1,0 +1,5 @@
+//! Shared by the offload tests and the offload benchmark.
+
+#![allow(dead_code)]
+
+pub mod packets;

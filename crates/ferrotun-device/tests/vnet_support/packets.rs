@@ -1,0 +1,389 @@
+//! Packets for the offload tests, built and checked independently of the code under test:
+//! a byte-at-a-time RFC 1071 checksum, TCP and UDP packets over IPv4 and IPv6, frames
+//! shaped like the ones the kernel reads out of a TUN device with TSO/USO on, and a
+//! parser that checks every length and checksum of a packet it reads.
+
+use std::net::IpAddr;
+
+pub const VNET: usize = 10;
+pub const ACK: u8 = 0x10;
+pub const PSH: u8 = 0x08;
+pub const FIN: u8 = 0x01;
+pub const SYN: u8 = 0x02;
+pub const CWR: u8 = 0x80;
+
+/// One's-complement sum of big-endian 16-bit words, one byte at a time, folded.
+pub fn ones_sum(data: &[u8]) -> u32 {
+    let mut s: u64 = 0;
+    for (i, &b) in data.iter().enumerate() {
+        s += if i % 2 == 0 {
+            u64::from(b) << 8
+        } else {
+            u64::from(b)
+        };
+    }
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u32
+}
+
+fn fold(mut s: u32) -> u32 {
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s
+}
+
+pub fn pseudo_sum(src: &[u8], dst: &[u8], proto: u8, len: usize) -> u32 {
+    let mut p = Vec::new();
+    p.extend_from_slice(src);
+    p.extend_from_slice(dst);
+    if src.len() == 4 {
+        p.extend_from_slice(&[0, proto]);
+        p.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        p.extend_from_slice(&(len as u32).to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0, proto]);
+    }
+    ones_sum(&p)
+}
+
+/// Addresses and ports of a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Flow {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+impl Flow {
+    pub fn v4(n: u8) -> Flow {
+        Flow {
+            src: IpAddr::from([10, 99, 1, n]),
+            dst: IpAddr::from([10, 99, 2, 1]),
+            sport: 40000 + u16::from(n),
+            dport: 5201,
+        }
+    }
+
+    pub fn v6(n: u8) -> Flow {
+        Flow {
+            src: IpAddr::from([0xfd, 0x99, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, n]),
+            dst: IpAddr::from([0xfd, 0x99, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+            sport: 40000 + u16::from(n),
+            dport: 5201,
+        }
+    }
+
+    pub fn is_v6(&self) -> bool {
+        self.src.is_ipv6()
+    }
+}
+
+fn octets(a: IpAddr) -> Vec<u8> {
+    match a {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+/// Fields of a TCP segment to build.
+#[derive(Debug, Clone)]
+pub struct Tcp {
+    pub flow: Flow,
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+    pub window: u16,
+    pub options: Vec<u8>,
+    pub ttl: u8,
+    pub tos: u8,
+    pub id: u16,
+}
+
+impl Tcp {
+    pub fn new(flow: Flow, seq: u32) -> Tcp {
+        Tcp {
+            flow,
+            seq,
+            ack: 0x1000_0000,
+            flags: ACK,
+            window: 500,
+            options: Vec::new(),
+            ttl: 64,
+            tos: 0,
+            id: 0x4000,
+        }
+    }
+
+    /// A timestamp option (NOP NOP TS), as Linux sends on every segment.
+    pub fn timestamps(mut self, tsval: u32) -> Tcp {
+        self.options = vec![1, 1, 8, 10];
+        self.options.extend_from_slice(&tsval.to_be_bytes());
+        self.options.extend_from_slice(&7u32.to_be_bytes());
+        self
+    }
+
+    fn tcp_header(&self) -> Vec<u8> {
+        assert_eq!(self.options.len() % 4, 0);
+        let doff = (20 + self.options.len()) / 4;
+        let mut t = Vec::new();
+        t.extend_from_slice(&self.flow.sport.to_be_bytes());
+        t.extend_from_slice(&self.flow.dport.to_be_bytes());
+        t.extend_from_slice(&self.seq.to_be_bytes());
+        t.extend_from_slice(&self.ack.to_be_bytes());
+        t.push((doff as u8) << 4);
+        t.push(self.flags);
+        t.extend_from_slice(&self.window.to_be_bytes());
+        t.extend_from_slice(&[0, 0, 0, 0]);
+        t.extend_from_slice(&self.options);
+        t
+    }
+
+    /// A complete segment with valid checksums.
+    pub fn packet(&self, payload: &[u8]) -> Vec<u8> {
+        let mut l4 = self.tcp_header();
+        l4.extend_from_slice(payload);
+        let c = !fold(
+            pseudo_sum(&octets(self.flow.src), &octets(self.flow.dst), 6, l4.len()) + ones_sum(&l4),
+        ) as u16;
+        l4[16..18].copy_from_slice(&c.to_be_bytes());
+        ip_packet(&self.flow, 6, self.ttl, self.tos, self.id, &l4)
+    }
+
+    /// The frame the kernel would hand us for this super-segment: virtio-net header with
+    /// NEEDS_CSUM and GSO_TCPV4/6, IP lengths of the whole, and the TCP checksum field
+    /// holding the pseudo-header sum. `hdr_len` is set to `claimed_hdr_len` (the kernel's
+    /// value is not to be trusted).
+    pub fn super_frame(&self, payload: &[u8], mss: u16, claimed_hdr_len: u16) -> Vec<u8> {
+        let mut l4 = self.tcp_header();
+        l4.extend_from_slice(payload);
+        let ps = fold(pseudo_sum(
+            &octets(self.flow.src),
+            &octets(self.flow.dst),
+            6,
+            l4.len(),
+        )) as u16;
+        l4[16..18].copy_from_slice(&ps.to_be_bytes());
+        let ip = ip_packet(&self.flow, 6, self.ttl, self.tos, self.id, &l4);
+        let l3 = if self.flow.is_v6() { 40 } else { 20 };
+        let gso = if self.flow.is_v6() { 4 } else { 1 };
+        let mut f = vnet_header(1, gso, claimed_hdr_len, mss, l3 as u16, 16);
+        f.extend_from_slice(&ip);
+        f
+    }
+}
+
+pub fn vnet_header(
+    flags: u8,
+    gso: u8,
+    hdr_len: u16,
+    gso_size: u16,
+    start: u16,
+    off: u16,
+) -> Vec<u8> {
+    let mut h = vec![flags, gso];
+    for v in [hdr_len, gso_size, start, off] {
+        h.extend_from_slice(&v.to_le_bytes());
+    }
+    h
+}
+
+/// An IP packet around the transport bytes `l4`.
+pub fn ip_packet(flow: &Flow, proto: u8, ttl: u8, tos: u8, id: u16, l4: &[u8]) -> Vec<u8> {
+    let mut p = Vec::new();
+    match (flow.src, flow.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            p.extend_from_slice(&[0x45, tos]);
+            p.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+            p.extend_from_slice(&id.to_be_bytes());
+            p.extend_from_slice(&[0x40, 0, ttl, proto, 0, 0]);
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+            let c = !(ones_sum(&p) as u16);
+            p[10..12].copy_from_slice(&c.to_be_bytes());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            p.extend_from_slice(&[0x60 | (tos >> 4), tos << 4, 0x12, 0x34]);
+            p.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+            p.extend_from_slice(&[proto, ttl]);
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+        }
+        _ => panic!("mixed address families"),
+    }
+    p.extend_from_slice(l4);
+    p
+}
+
+/// A UDP datagram with a valid checksum.
+pub fn udp_packet(flow: &Flow, id: u16, payload: &[u8]) -> Vec<u8> {
+    let mut l4 = udp_header(flow, payload.len());
+    l4.extend_from_slice(payload);
+    let mut c =
+        !fold(pseudo_sum(&octets(flow.src), &octets(flow.dst), 17, l4.len()) + ones_sum(&l4))
+            as u16;
+    if c == 0 {
+        c = 0xffff;
+    }
+    l4[6..8].copy_from_slice(&c.to_be_bytes());
+    ip_packet(flow, 17, 64, 0, id, &l4)
+}
+
+fn udp_header(flow: &Flow, payload: usize) -> Vec<u8> {
+    let mut u = Vec::new();
+    u.extend_from_slice(&flow.sport.to_be_bytes());
+    u.extend_from_slice(&flow.dport.to_be_bytes());
+    u.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u
+}
+
+/// The frame of a UDP super-segment (USO) as the kernel hands it out.
+pub fn udp_super_frame(flow: &Flow, id: u16, payload: &[u8], gso_size: u16) -> Vec<u8> {
+    let mut l4 = udp_header(flow, payload.len());
+    l4.extend_from_slice(payload);
+    let ps = fold(pseudo_sum(
+        &octets(flow.src),
+        &octets(flow.dst),
+        17,
+        l4.len(),
+    )) as u16;
+    l4[6..8].copy_from_slice(&ps.to_be_bytes());
+    let ip = ip_packet(flow, 17, 64, 0, id, &l4);
+    let l3 = if flow.is_v6() { 40 } else { 20 };
+    let mut f = vnet_header(1, 5, l3 + 8, gso_size, l3, 6);
+    f.extend_from_slice(&ip);
+    f
+}
+
+/// What a checked packet contains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    pub flow: Flow,
+    pub proto: u8,
+    pub id: u16,
+    pub ttl: u8,
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+    pub options: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+/// Parses an IPv4/IPv6 TCP or UDP packet and checks its IP lengths, IPv4 header checksum
+/// and transport checksum, with `pseudo_only` meaning the transport checksum field must
+/// hold the pseudo-header sum instead (a partial checksum, as in a GSO frame).
+pub fn parse_checked(p: &[u8], pseudo_only: bool) -> Result<Parsed, String> {
+    let v = p.first().ok_or("empty")? >> 4;
+    let (l3, proto, src, dst, id, ttl) = match v {
+        4 => {
+            if p.len() < 20 {
+                return Err("short ipv4".into());
+            }
+            let ihl = usize::from(p[0] & 15) * 4;
+            let total = usize::from(u16::from_be_bytes([p[2], p[3]]));
+            if total != p.len() {
+                return Err(format!("ipv4 total length {total} != {}", p.len()));
+            }
+            if ones_sum(&p[..ihl]) != 0xffff {
+                return Err("ipv4 header checksum".into());
+            }
+            let s: [u8; 4] = p[12..16].try_into().unwrap();
+            let d: [u8; 4] = p[16..20].try_into().unwrap();
+            (
+                ihl,
+                p[9],
+                IpAddr::from(s),
+                IpAddr::from(d),
+                u16::from_be_bytes([p[4], p[5]]),
+                p[8],
+            )
+        }
+        6 => {
+            if p.len() < 40 {
+                return Err("short ipv6".into());
+            }
+            let plen = usize::from(u16::from_be_bytes([p[4], p[5]]));
+            if plen + 40 != p.len() {
+                return Err(format!("ipv6 payload length {plen} != {}", p.len() - 40));
+            }
+            let s: [u8; 16] = p[8..24].try_into().unwrap();
+            let d: [u8; 16] = p[24..40].try_into().unwrap();
+            (40, p[6], IpAddr::from(s), IpAddr::from(d), 0, p[7])
+        }
+        v => return Err(format!("ip version {v}")),
+    };
+    let l4 = &p[l3..];
+    let ps = pseudo_sum(
+        &p[if v == 4 { 12 } else { 8 }..][..if v == 4 { 4 } else { 16 }],
+        &p[if v == 4 { 16 } else { 24 }..][..if v == 4 { 4 } else { 16 }],
+        proto,
+        l4.len(),
+    );
+    let (csum_at, hl) = match proto {
+        6 => {
+            if l4.len() < 20 {
+                return Err("short tcp".into());
+            }
+            (16, usize::from(l4[12] >> 4) * 4)
+        }
+        17 => {
+            if l4.len() < 8 {
+                return Err("short udp".into());
+            }
+            let ulen = usize::from(u16::from_be_bytes([l4[4], l4[5]]));
+            if ulen != l4.len() {
+                return Err(format!("udp length {ulen} != {}", l4.len()));
+            }
+            (6, 8)
+        }
+        p => return Err(format!("protocol {p}")),
+    };
+    if pseudo_only {
+        let field = u32::from(u16::from_be_bytes([l4[csum_at], l4[csum_at + 1]]));
+        if fold(field) != fold(ps) {
+            return Err(format!("partial checksum {field:#x} != pseudo {ps:#x}"));
+        }
+    } else if fold(ps + ones_sum(l4)) != 0xffff {
+        return Err("transport checksum".into());
+    }
+    let (sport, dport) = (
+        u16::from_be_bytes([l4[0], l4[1]]),
+        u16::from_be_bytes([l4[2], l4[3]]),
+    );
+    let tcp = proto == 6;
+    Ok(Parsed {
+        flow: Flow {
+            src,
+            dst,
+            sport,
+            dport,
+        },
+        proto,
+        id,
+        ttl,
+        seq: if tcp {
+            u32::from_be_bytes(l4[4..8].try_into().unwrap())
+        } else {
+            0
+        },
+        ack: if tcp {
+            u32::from_be_bytes(l4[8..12].try_into().unwrap())
+        } else {
+            0
+        },
+        flags: if tcp { l4[13] } else { 0 },
+        options: if tcp { l4[20..hl].to_vec() } else { Vec::new() },
+        payload: l4[hl..].to_vec(),
+    })
+}
+
+/// A frame's virtio-net header fields: flags, gso_type, hdr_len, gso_size, csum_start,
+/// csum_offset.
+pub fn vnet_fields(f: &[u8]) -> (u8, u8, u16, u16, u16, u16) {
+    let le = |i: usize| u16::from_le_bytes([f[i], f[i + 1]]);
+    (f[0], f[1], le(2), le(4), le(6), le(8))
+}
