@@ -6,12 +6,13 @@
 
 mod vnet_support;
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use ferrotun_device::vnet::Offloads;
-use ferrotun_lab::TcpTransfer;
-use vnet_support::forwarder::{DirectionStats, Pair, Path};
+use ferrotun_lab::{TcpTransfer, UdpSink, seq_datagram};
+use vnet_support::forwarder::{A_V4, A_V6, B_V4, B_V6, DirectionStats, Pair, Path};
 
 fn transfer(pair: &Pair, v6: bool, bytes: u64) {
     let listen = SocketAddr::new(Pair::b_addr(v6), 0);
@@ -91,4 +92,87 @@ fn without_offloads_the_same_counters_show_one_packet_per_system_call() {
     assert_eq!(ab.packets(), ab.reads());
     assert_eq!(ab.writer.merged_frames, 0);
     assert_eq!(ab.writes(), ab.writer.packets);
+}
+
+/// Asks the kernel to cut every send into datagrams of `size` bytes (UDP GSO, `UDP_SEGMENT`
+/// in `include/uapi/linux/udp.h`).
+fn set_udp_segment(socket: &UdpSocket, size: u16) {
+    let v = libc::c_int::from(size);
+    // SAFETY: the descriptor is an open UDP socket; the option value is a c_int and its
+    // size is passed with it.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_SEGMENT,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn udp_segmentation_crosses_the_forwarder_as_super_segments() {
+    const SEGMENT: usize = 1200;
+    const PER_SEND: u64 = 32;
+    const SENDS: u64 = 60;
+    let pair = Pair::start("vuso", Path::Vnet(Offloads::ALL));
+    if !(pair.offloads.0.uso && pair.offloads.1.uso) {
+        panic!(
+            "this kernel (6.2 or later expected) refused USO: {:?}",
+            pair.offloads
+        );
+    }
+    for (v6, me, peer) in [
+        (
+            false,
+            SocketAddr::from((A_V4, 0)),
+            SocketAddr::from((B_V4, 9000)),
+        ),
+        (
+            true,
+            SocketAddr::from((A_V6, 0)),
+            SocketAddr::from((B_V6, 9000)),
+        ),
+    ] {
+        let sink = UdpSink::bind(&pair.b, peer).expect("bind the receiver");
+        let socket = pair.a.udp_bind(me).expect("bind the sender");
+        set_udp_segment(&socket, SEGMENT as u16);
+        let mut send = Vec::new();
+        let mut one = Vec::new();
+        for s in 0..SENDS {
+            send.clear();
+            for k in 0..PER_SEND {
+                seq_datagram(s * PER_SEND + k, SEGMENT, &mut one);
+                send.extend_from_slice(&one);
+            }
+            socket
+                .send_to(&send, peer)
+                .expect("send a UDP super-segment");
+            // Keep at most a few sends in flight: a UDP test must not lose to queues.
+            sink.wait_for_count(((s + 1) * PER_SEND) as usize, Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("IPv6 {v6}: datagrams of send {s} missing: {e}"));
+        }
+        let got = sink.finish().expect("the receiver ran");
+        let seqs: Vec<u64> = got.iter().filter_map(|r| r.seq).collect();
+        assert_eq!(
+            seqs,
+            (0..SENDS * PER_SEND).collect::<Vec<_>>(),
+            "every datagram once, in order"
+        );
+        assert!(got.iter().all(|r| r.len == SEGMENT), "every datagram whole");
+    }
+    let (ab, _) = pair.stop();
+    show("A->B (UDP)", &ab);
+    assert!(
+        ab.reader.super_segments > 0,
+        "no UDP super-segment was read"
+    );
+    assert!(
+        ab.writer.merged_frames > 0,
+        "no UDP super-segment was written"
+    );
+    assert!(4 * ab.writes() <= ab.writer.packets);
+    assert_eq!(ab.writer.write_errors, 0);
 }
