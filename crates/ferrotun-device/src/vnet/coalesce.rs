@@ -192,6 +192,10 @@ impl Writer {
     /// where the rules allow, waiting whenever the kernel pushes back. Every frame is
     /// attempted; the first write error is returned after the rest were written (a
     /// device that went away fails them all).
+    ///
+    /// Not cancel-safe: dropping the future while the kernel pushes back loses the frames
+    /// not yet written. (A TUN device takes writes without blocking, so in practice each
+    /// `send` completes at once.)
     pub async fn send_batch<B: AsMut<[u8]>>(
         &mut self,
         queue: &AsyncQueue,

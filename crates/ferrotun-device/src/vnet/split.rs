@@ -101,7 +101,9 @@ impl Reader {
     /// A reader with its 64 KiB frame buffer.
     pub fn new() -> Reader {
         Reader {
-            frame: vec![0u8; VNET_HDR_LEN + MAX_PACKET].into_boxed_slice(),
+            // One byte more than the largest legal frame: a read that fills the buffer
+            // was truncated.
+            frame: vec![0u8; VNET_HDR_LEN + MAX_PACKET + 1].into_boxed_slice(),
             pending: None,
             deferred: None,
             stats: ReaderStats::default(),
@@ -142,6 +144,9 @@ impl Reader {
     /// Each buffer needs room for an MTU-sized packet after `offset` (the kernel cuts
     /// super-segments to the device's MTU); a packet that does not fit is dropped with
     /// [`Error::BufferTooSmall`].
+    ///
+    /// Cancel-safe: the only wait is for the first frame, before anything is read or
+    /// placed, so dropping the future (in a `select!`) loses nothing.
     pub async fn recv_batch<B: AsMut<[u8]>>(
         &mut self,
         queue: &AsyncQueue,
@@ -308,8 +313,10 @@ impl Reader {
 
 /// Validates the frame `frame[..len]` and describes how to cut it.
 fn parse(frame: &[u8], len: usize) -> Result<Split, Error> {
-    if len > frame.len() {
-        // The kernel reports the whole length of a packet it had to truncate.
+    if len >= frame.len() {
+        // The kernel truncated the packet to our buffer: depending on its version, a read
+        // then returns the buffer's length or the packet's (`tun_put_user()` in
+        // `drivers/net/tun.c`); the buffer is one byte longer than any legal frame.
         return Err(Error::Oversized { len });
     }
     let frame = &frame[..len];
