@@ -176,3 +176,58 @@ fn udp_segmentation_crosses_the_forwarder_as_super_segments() {
     assert!(4 * ab.writes() <= ab.writer.packets);
     assert_eq!(ab.writer.write_errors, 0);
 }
+
+/// A frame that cannot be placed, read after packets were already placed in the same
+/// call, must not take those packets with it: they are returned, the error comes next.
+#[test]
+fn a_read_error_after_placed_packets_waits_for_the_next_call() {
+    let ns = ferrotun_lab::Netns::new("vnerr").expect("create a namespace (run as root)");
+    ns.run(|| {
+        let dev = ferrotun_device::DeviceBuilder::new("fve", ferrotun_device::Mode::Tun)
+            .vnet_hdr(true)
+            .open()
+            .unwrap();
+        dev.link()
+            .add_address("10.98.0.1/24".parse().unwrap())
+            .unwrap();
+        dev.link().set_up(true).unwrap();
+        ferrotun_device::vnet::enable_offloads(&dev.queues()[0], Offloads::ALL).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let q = dev.into_queues().pop().unwrap().into_async().unwrap();
+            let mut reader = ferrotun_device::vnet::Reader::new();
+            let mut bufs = vec![vec![0u8; 200]; 8];
+            let mut lens = [0usize; 8];
+            // The device has no IPv6 address (a TUN device gets no link-local one), so
+            // the kernel sends nothing of its own that could come first.
+            let sock = UdpSocket::bind("10.98.0.1:0").unwrap();
+            sock.send_to(&[1u8; 20], "10.98.0.2:9").unwrap();
+            sock.send_to(&[2u8; 1000], "10.98.0.2:9").unwrap();
+            // Both datagrams are in the device's queue once send_to returns (the qdisc
+            // hands them straight to the device); the buffers take only the first.
+            let n = tokio::time::timeout(
+                Duration::from_secs(5),
+                reader.recv_batch(&q, &mut bufs, 0, &mut lens),
+            )
+            .await
+            .expect("a packet arrives")
+            .expect("the first packet is returned, not the second one's error");
+            assert_eq!((n, lens[0]), (1, 48), "the 20-byte datagram");
+            let e = reader
+                .recv_batch(&q, &mut bufs, 0, &mut lens)
+                .await
+                .expect_err("the deferred error");
+            assert!(
+                matches!(
+                    ferrotun_device::vnet::Error::from_io(&e),
+                    Some(ferrotun_device::vnet::Error::BufferTooSmall { need: 1028, .. })
+                ),
+                "{e}"
+            );
+        });
+    })
+    .expect("run in the namespace");
+}

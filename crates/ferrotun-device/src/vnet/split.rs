@@ -172,8 +172,13 @@ impl Reader {
         // WouldBlock; its next `recv` tries once more and then clears that.)
         while n < max && self.pending.is_none() && self.deferred.is_none() {
             match queue.get_ref().recv(&mut self.frame) {
+                // Packets are already in the caller's buffers: any error waits for the
+                // next call rather than losing them.
                 Ok(len) => match self.accept(len) {
-                    Ok(()) => n += self.take(bufs, offset, lens, n)?,
+                    Ok(()) => match self.take(bufs, offset, lens, n) {
+                        Ok(k) => n += k,
+                        Err(e) => self.deferred = Some(e),
+                    },
                     Err(e) => self.deferred = Some(e.into()),
                 },
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
