@@ -9,7 +9,9 @@
 //!   TOS, TTL and DF bit, or IPv6 version/traffic class/flow label word and hop limit;
 //! - IPv4 ids that go up by one per segment, or (with DF) stay the same
 //!   (`inet_gro_flush()` in `include/net/gro.h`), so that cutting the super-segment again
-//!   gives back the very packets that were merged;
+//!   gives back the very packets that were merged (a fixed-id run comes back with
+//!   incrementing ids: the virtio-net header cannot carry the kernel's `FIXEDID` flag,
+//!   and the id of a DF packet means nothing, RFC 6864);
 //! - the sequence number continues the super-segment exactly;
 //! - flags are ACK, or ACK|PSH; a segment with PSH ends the super-segment (PSH is only
 //!   ever on the last segment), anything with SYN, FIN, RST, URG, ECE or CWR is written
