@@ -276,7 +276,9 @@ impl PendingInitiation {
     /// The error to count when the caller's peer table has no such key (the pending
     /// state, with its secrets, is dropped).
     pub fn unknown_initiator(self) -> HandshakeError {
-        HandshakeError::UnknownInitiator { key: self.initiator }
+        HandshakeError::UnknownInitiator {
+            key: self.initiator,
+        }
     }
 }
 

@@ -307,9 +307,19 @@ fn unknown_initiator_is_identified_and_refused() {
     assert_ne!(pend.initiator(), p.a_id.public_key());
     // The caller's lookup fails: the typed error names the key.
     let mut again = [0u8; INITIATION_LEN];
-    s.create_initiation(10, HandshakeFlags::NONE, ts(1), now, &mut rng, &mut again).unwrap();
-    let other = pending(p.b_id.begin_initiation(&again, SRC, false, now, &mut rng, &mut [0; 64]).unwrap());
-    assert_eq!(other.unknown_initiator(), HandshakeError::UnknownInitiator { key: stranger.public_key() });
+    s.create_initiation(10, HandshakeFlags::NONE, ts(1), now, &mut rng, &mut again)
+        .unwrap();
+    let other = pending(
+        p.b_id
+            .begin_initiation(&again, SRC, false, now, &mut rng, &mut [0; 64])
+            .unwrap(),
+    );
+    assert_eq!(
+        other.unknown_initiator(),
+        HandshakeError::UnknownInitiator {
+            key: stranger.public_key()
+        }
+    );
     // ...and phase 2 on a configured peer's state refuses it.
     let mut b = p.b;
     assert_eq!(
