@@ -28,6 +28,9 @@ pub const BACKOFF_AFTER_FAILURES: u32 = 16;
 /// noticed within 272 packets.
 pub const BACKOFF_PACKETS: u32 = 256;
 
+/// Inputs this long would make lz4_flex replace the 16-bit table by a 32-bit one.
+const MAX_INPUT: usize = u16::MAX as usize;
+
 /// The largest output LZ4 may need for `len` input bytes; `compress` needs a destination at
 /// least this long.
 pub const fn compress_bound(len: usize) -> usize {
@@ -108,32 +111,35 @@ impl Default for Compressor {
 }
 
 impl Compressor {
-    /// A compressor (allocates its 16 KiB hash table once, sized for inputs up to 64 KiB).
+    /// A compressor (allocates its 8 KiB hash table of 16-bit positions once).
     pub fn new() -> Self {
         Compressor {
-            table: CompressTable::large(),
+            table: CompressTable::small(),
             failures: 0,
             skip: 0,
         }
     }
 
     /// Compresses `src` into `dst` if that makes it strictly smaller and returns the
-    /// compressed length; `None` means "send it uncompressed". Also `None`, without trying,
-    /// while backed off, and when `dst` is shorter than [`compress_bound`]`(src.len())`.
+    /// compressed length; `None` means "send it uncompressed". Also `None`, without trying
+    /// or counting, while backed off, when `dst` is shorter than
+    /// [`compress_bound`]`(src.len())`, and for inputs of 65535 bytes or more (lz4_flex
+    /// would replace the 16-bit table by a 32-bit one, which allocates; no tunnel MTU
+    /// reaches that).
     pub fn compress(&mut self, src: &[u8], dst: &mut [u8]) -> Option<usize> {
         if self.skip > 0 {
             self.skip -= 1;
             return None;
         }
-        if src.is_empty() || dst.len() < compress_bound(src.len()) {
+        if src.is_empty() || src.len() >= MAX_INPUT || dst.len() < compress_bound(src.len()) {
             return None;
         }
-        match compress_into_with_table(src, dst, &mut self.table) {
-            Ok(n) if n < src.len() => {
+        match self.attempt(src, dst) {
+            Some(n) => {
                 self.failures = 0;
                 Some(n)
             }
-            _ => {
+            None => {
                 self.failures += 1;
                 if self.failures >= BACKOFF_AFTER_FAILURES {
                     self.failures = 0;
@@ -141,6 +147,20 @@ impl Compressor {
                 }
                 None
             }
+        }
+    }
+
+    /// One LZ4 attempt without the adaptive back-off (for benchmarks and tests): the
+    /// compressed length if strictly smaller. `None` also when `src` is 65535 bytes or
+    /// longer or `dst` is shorter than [`compress_bound`]`(src.len())`.
+    #[doc(hidden)]
+    pub fn attempt(&mut self, src: &[u8], dst: &mut [u8]) -> Option<usize> {
+        if src.len() >= MAX_INPUT {
+            return None;
+        }
+        match compress_into_with_table(src, dst, &mut self.table) {
+            Ok(n) if n < src.len() => Some(n),
+            _ => None,
         }
     }
 
@@ -214,12 +234,17 @@ mod tests {
         }
         assert!(!c.is_backed_off());
         assert_eq!(c.compress(&[], &mut [0u8; 50]), None);
+        // 65535 bytes would need the 32-bit table (an allocation): not attempted.
+        let big = vec![0u8; 65535];
+        let mut dst = vec![0u8; compress_bound(65535)];
+        assert_eq!(c.compress(&big, &mut dst), None);
+        assert!(!c.is_backed_off());
     }
 
     #[test]
     fn decompression_is_bounded_by_the_destination() {
         // A block that expands 64 KiB of zeros: must fail against a 1420-byte limit.
-        let zeros = vec![0u8; 65535];
+        let zeros = vec![0u8; 65534];
         let mut c = Compressor::new();
         let mut dst = vec![0u8; compress_bound(zeros.len())];
         let n = c.compress(&zeros, &mut dst).unwrap();

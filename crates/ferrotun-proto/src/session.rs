@@ -742,11 +742,8 @@ impl Session {
             self.request_initiation(false);
         }
         if self.initiation_due && self.initiation_allowed_at().is_none_or(|t| now >= t) {
-            self.initiation_due = false;
-            if !self.initiation_is_retry {
-                self.handshake_attempts = 0;
-            }
             let local_index = self.allocate_index();
+            // On error (buffer too small, no entropy) the request stays due.
             let n = self.handshake.create_initiation(
                 local_index,
                 self.config.local_flags,
@@ -755,6 +752,10 @@ impl Session {
                 rng,
                 out,
             )?;
+            self.initiation_due = false;
+            if !self.initiation_is_retry {
+                self.handshake_attempts = 0;
+            }
             self.last_sent_handshake = Some(now);
             self.on_any_authenticated_packet_traversal(now);
             self.on_any_authenticated_packet_sent();

@@ -31,6 +31,15 @@ impl Session {
         self.request_initiation(false);
     }
 
+    /// Starts over on a new path (a client's new TCP connection): forgets every keypair and
+    /// asks for an initiation at once, without the usual wait of REKEY_TIMEOUT since the
+    /// last one (that limit protects a path that may be lossy, not a fresh connection).
+    pub fn restart(&mut self) {
+        self.reset();
+        self.last_sent_handshake = None;
+        self.request_initiation(false);
+    }
+
     /// The driver had no usable keypair and queued a packet, or saw the current keypair
     /// reach its rekey age: a handshake is requested and, once it completes,
     /// [`crate::Transmit::FlushQueue`] follows.
