@@ -29,8 +29,8 @@ pub fn example_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config")
 }
 
-/// A private copy of `config/` with keys for the server, alice, bob (and mallory, whom no
-/// config names) in `keys/`.
+/// A private copy of `config/` with keys for the server, alice, bob, carol (whom the
+/// example peer directory lacks) and mallory (whom no config names) in `keys/`.
 pub struct Configs {
     dir: tempfile::TempDir,
 }
@@ -72,7 +72,7 @@ impl Configs {
         copy_dir(&example_dir(), dir.path());
         let keys = dir.path().join("keys");
         std::fs::create_dir_all(&keys).unwrap();
-        for who in ["server", "alice", "bob", "mallory"] {
+        for who in ["server", "alice", "bob", "carol", "mallory"] {
             let private = run_with_stdin(server_bin(), "genkey", b"");
             let public = run_with_stdin(client_bin(), "pubkey", &private);
             let key = keys.join(format!("{who}.key"));

@@ -40,6 +40,8 @@ pub struct Notes {
     pub confirm: AtomicU32,
     /// The send path had no usable keypair (packets are staged) or wants a rekey.
     pub wants_handshake: AtomicBool,
+    /// The path changed completely (a client's new TCP connection): start a new session.
+    pub restart: AtomicBool,
     /// Set with any of the above; cleared by the control task when it looks.
     pub dirty: AtomicBool,
 }

@@ -153,6 +153,9 @@ async fn tcp_loop(
                 failures = 0;
                 tracing::info!(server = %conn.remote, "connected over TCP");
                 peer.set_endpoint(PeerAddr::Tcp(conn.clone()));
+                // A new connection starts a new session: the server may have restarted, and
+                // data under old keys would only get the connection closed.
+                peer.notes.restart.store(true, Ordering::Release);
                 request_handshake(shared, peer);
                 let started = Instant::now();
                 tcp::serve(shared.clone(), stream, conn).await;

@@ -27,6 +27,10 @@ use crate::stats::DropReason;
 const UNDER_LOAD: usize = 32;
 /// The control task looks at every peer at least this often.
 const MAX_IDLE: Duration = Duration::from_secs(1);
+/// While the data paths leave notes (traffic flows), they are folded into the sessions
+/// this often. The data paths never wake the control task for a note: at packet rates that
+/// would keep it spinning; WireGuard's timers only need this resolution.
+const NOTES_EVERY: Duration = Duration::from_millis(100);
 /// How often the MAC table is aged.
 const AGE_EVERY: Duration = Duration::from_secs(10);
 
@@ -85,9 +89,14 @@ impl Control {
         let table = self.shared.table.load_full();
         let mut next = now + MAX_IDLE;
         self.deadlines.retain(|slot, _| table.get(*slot).is_some());
+        let mut busy = false;
         for peer in table.peers() {
             let due = self.deadlines.get(&peer.slot).is_some_and(|d| *d <= now);
-            if peer.notes.dirty.swap(false, Ordering::AcqRel) || due {
+            let n = &peer.notes;
+            let noted =
+                n.sent.load(Ordering::Relaxed) != 0 || n.received.load(Ordering::Relaxed) != 0;
+            busy |= noted;
+            if n.dirty.swap(false, Ordering::AcqRel) || due || noted {
                 self.service(peer).await;
             }
             if let Some(d) = self.deadlines.get(&peer.slot) {
@@ -103,6 +112,9 @@ impl Control {
                 tracing::debug!(forgotten = n, "MAC table aged");
             }
         }
+        if busy {
+            next = next.min(now + NOTES_EVERY);
+        }
         next.max(now + Duration::from_millis(1))
     }
 
@@ -115,6 +127,10 @@ impl Control {
         {
             let mut s = peer.session();
             let n = &peer.notes;
+            if n.restart.swap(false, Ordering::AcqRel) {
+                s.restart();
+                publish(peer, &s, now, epoch);
+            }
             let sent = unstamp(epoch, n.sent.swap(0, Ordering::AcqRel));
             let received = unstamp(epoch, n.received.swap(0, Ordering::AcqRel));
             let received_data = unstamp(epoch, n.received_data.swap(0, Ordering::AcqRel));

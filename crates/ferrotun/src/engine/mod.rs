@@ -46,7 +46,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 
-pub use receive::receive_one;
+pub use receive::{Verdict, receive_one};
 
 use crate::config::{PeerConfig, Transport};
 use crate::peer::{Peer, stamp};
@@ -60,6 +60,8 @@ use tcp::{TcpConn, Unauthenticated};
 pub const TRAILER: usize = 16 + 16;
 /// Ethernet header with one VLAN tag: what a TAP frame adds to the MTU.
 pub const ETHERNET_OVERHEAD: usize = 18;
+/// When received data has gone unanswered this long, a keepalive is sent (WireGuard: 10 s).
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Handshake messages waiting for the control task; beyond this they are dropped (a flood
 /// must not grow memory) and the responder asks for cookies.
 const INBOUND_QUEUE: usize = 256;
@@ -219,6 +221,11 @@ pub fn make_peer(
     let flags = local_flags(mode, pc);
     let config = SessionConfig {
         persistent_keepalive: pc.keepalive,
+        // WireGuard answers received data with a keepalive after 10 s of silence and
+        // declares the peer dead after 10 + 5 s of unanswered data. A tunnel that must heal
+        // within seconds of a server restart uses 2 s (a 32-byte keepalive every 2 s
+        // during one-way traffic), so a dead path is noticed after 7 s.
+        keepalive_timeout: KEEPALIVE_TIMEOUT,
         local_flags: flags,
         backend,
         ..SessionConfig::default()

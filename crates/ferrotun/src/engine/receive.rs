@@ -68,7 +68,7 @@ pub async fn udp_receive_path(shared: Arc<Shared>) -> anyhow::Result<()> {
             Err(e) if is_transient(&e) => continue,
             Err(e) => return Err(e).context("receiving from the UDP socket"),
         };
-        receive(
+        receive_one(
             &shared,
             &mut buf[..n],
             Source::Udp(canonical(src)),
@@ -91,29 +91,30 @@ fn is_transient(e: &std::io::Error) -> bool {
     ) || e.kind() == std::io::ErrorKind::Interrupted
 }
 
-/// Handles one message from the network; false if it was dropped as malformed or
-/// unauthenticated (a TCP connection that has not authenticated is closed for that).
+/// What became of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Delivered, switched, or handed to the control task.
+    Accepted,
+    /// Well-formed but not accepted (unknown index, replay, failed authentication, ...).
+    Dropped,
+    /// Not a message at all: a TCP connection that sends this is closed.
+    Malformed,
+}
+
+/// Handles one message from the network, whatever carried it.
 pub async fn receive_one(
     shared: &Shared,
     buf: &mut [u8],
     src: Source<'_>,
     scratch: &mut ReceiveScratch,
-) -> bool {
-    receive(shared, buf, src, scratch).await
-}
-
-async fn receive(
-    shared: &Shared,
-    buf: &mut [u8],
-    src: Source<'_>,
-    scratch: &mut ReceiveScratch,
-) -> bool {
+) -> Verdict {
     match buf.first() {
         Some(&TYPE_DATA) => receive_data(shared, buf, src, scratch).await,
         Some(&(TYPE_INITIATION | TYPE_RESPONSE | TYPE_COOKIE_REPLY)) => {
             if let Err(e) = Message::classify(buf) {
                 shared.drop_packet(DropReason::Malformed, || format!("from {src}: {e}"));
-                return false;
+                return Verdict::Malformed;
             }
             let msg = Inbound {
                 bytes: buf.to_vec(),
@@ -123,14 +124,15 @@ async fn receive(
                 shared.drop_packet(DropReason::HandshakeFlood, || {
                     format!("handshake queue full; dropped one from {src}")
                 });
+                return Verdict::Dropped;
             }
-            true
+            Verdict::Accepted
         }
         _ => {
             shared.drop_packet(DropReason::Malformed, || {
                 format!("{}-byte message of unknown type from {src}", buf.len())
             });
-            false
+            Verdict::Malformed
         }
     }
 }
@@ -140,12 +142,12 @@ async fn receive_data(
     buf: &mut [u8],
     src: Source<'_>,
     scratch: &mut ReceiveScratch,
-) -> bool {
+) -> Verdict {
     let receiver = match DataMessage::new_checked(&buf[..]) {
         Ok(m) => m.receiver(),
         Err(e) => {
             shared.drop_packet(DropReason::Malformed, || format!("from {src}: {e}"));
-            return false;
+            return Verdict::Malformed;
         }
     };
     let now = Instant::now();
@@ -154,20 +156,20 @@ async fn receive_data(
         shared.drop_packet(DropReason::UnknownIndex, || {
             format!("index {receiver:#010x} from {src}")
         });
-        return false;
+        return Verdict::Dropped;
     };
     let keypairs = peer.recv_keypairs.load();
     let Some(kp) = keypairs.iter().find(|k| k.local_index() == receiver) else {
         shared.drop_packet(DropReason::UnknownIndex, || {
             format!("index {receiver:#010x} from {src}")
         });
-        return false;
+        return Verdict::Dropped;
     };
     if now >= kp.created() + REJECT_AFTER_TIME {
         shared.drop_for(peer, DropReason::KeyExpired, || {
             format!("from {src}: keypair older than 180 s")
         });
-        return false;
+        return Verdict::Dropped;
     }
     let (flags, range) = match kp.open(buf) {
         Ok(r) => r,
@@ -175,13 +177,13 @@ async fn receive_data(
             shared.drop_for(peer, DropReason::Replay, || {
                 format!("replayed or too old, from {src}")
             });
-            return false;
+            return Verdict::Dropped;
         }
         Err(e) => {
             shared.drop_for(peer, DropReason::Decrypt, || {
                 format!("from {src} for peer {}: {e}", peer.name())
             });
-            return false;
+            return Verdict::Dropped;
         }
     };
     // Authenticated: the peer is at `src` now, and the control task learns of the packet.
@@ -198,7 +200,7 @@ async fn receive_data(
         shared.wake.notify_one();
     }
     if range.is_empty() {
-        return true; // keepalive
+        return Verdict::Accepted; // keepalive
     }
     peer.notes.received_data.store(stamp, Ordering::Relaxed);
     let want = if shared.mode == Mode::Tap {
@@ -219,17 +221,20 @@ async fn receive_data(
                 peer.name()
             )
         });
-        return true;
+        return Verdict::Dropped;
     }
-    let wire_len = range.len();
-    let (payload_buf, payload_range) = if flags.contains(PayloadFlags::COMPRESSED) {
+    // What the payload took on the wire, for the compression counters: the compressed
+    // block, or (uncompressed) the packet itself, whose padding is not payload.
+    let compressed = flags.contains(PayloadFlags::COMPRESSED);
+    let wire_len = if compressed { range.len() } else { 0 };
+    let (payload_buf, payload_range) = if compressed {
         match ferrotun_proto::decompress(&buf[range.clone()], &mut scratch.plain) {
             Ok(n) => (&scratch.plain[..], 0..n),
             Err(e) => {
                 shared.drop_for(peer, DropReason::Decompress, || {
                     format!("from peer {}: {e}", peer.name())
                 });
-                return true;
+                return Verdict::Dropped;
             }
         }
     } else {
@@ -251,7 +256,7 @@ async fn receive_data(
             .await;
         }
     }
-    true
+    Verdict::Accepted
 }
 
 async fn deliver_ip(
@@ -283,7 +288,14 @@ async fn deliver_ip(
     write_device(shared, peer, packet, wire_len).await;
 }
 
+/// Writes a packet to the device; `wire_len` is what it took on the wire if it came
+/// compressed, else 0.
 async fn write_device(shared: &Shared, peer: &Peer, packet: &[u8], wire_len: usize) {
+    let wire_len = if wire_len == 0 {
+        packet.len()
+    } else {
+        wire_len
+    };
     match shared.tun.send(packet).await {
         Ok(_) => peer.traffic.received(packet.len(), wire_len),
         Err(e) => shared.drop_packet(DropReason::SendFailed, || {
@@ -326,7 +338,8 @@ async fn deliver_frame(
             shared.drops.count(DropReason::Hairpin);
         }
         Some(slot) => {
-            peer.traffic.received(len, wire_len);
+            peer.traffic
+                .received(len, if wire_len == 0 { len } else { wire_len });
             if let Some(other) = table.get(slot) {
                 let buf = &mut fwd.forward;
                 buf[DATA_HEADER_LEN..DATA_HEADER_LEN + len].copy_from_slice(frame);

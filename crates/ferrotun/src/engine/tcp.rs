@@ -23,7 +23,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
-use super::receive::ReceiveScratch;
+use super::receive::{ReceiveScratch, Verdict};
 use super::{Shared, Source, receive_one};
 use crate::stats::DropReason;
 
@@ -223,12 +223,16 @@ async fn read_loop(
                     return Err(e.to_string());
                 }
             };
-            let accepted = receive_one(shared, frame, Source::Tcp(conn), &mut scratch).await;
-            if !accepted && !conn.is_authenticated() {
+            // Garbage ends a connection; a well-formed message that is merely not
+            // accepted (a client's data under keys from before our restart) does not: the
+            // handshake deadline still applies to a connection that never authenticates.
+            if receive_one(shared, frame, Source::Tcp(conn), &mut scratch).await
+                == Verdict::Malformed
+            {
                 shared.drop_packet(DropReason::TcpClosed, || {
-                    format!("{} sent garbage before a handshake", conn.remote)
+                    format!("{} sent garbage", conn.remote)
                 });
-                return Err("garbage before a handshake".into());
+                return Err("garbage".into());
             }
             if conn.is_closed() {
                 return Ok(());

@@ -1,0 +1,566 @@
+//! End-to-end tests of what makes ferrotun a VTun-style tunnel: TCP transport, TAP
+//! (layer 2) with a learning switch, compression, reconnecting, live reload and `show`.
+//! Real binaries, the example configs (with the edits each test names), real traffic.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use ferrotun_lab::{
+    Lab, Signal, TcpTransfer, UdpSink, ping, send_sequence, wait_for_ping, wait_until,
+};
+use support::*;
+
+const MB: u64 = 1 << 20;
+
+fn addr(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn sock(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn transfer(to: &ferrotun_lab::Netns, to_addr: &str, from: &ferrotun_lab::Netns, bytes: u64) {
+    let report = TcpTransfer::new(bytes)
+        .timeout(Duration::from_secs(90))
+        .run(to, sock(to_addr), from)
+        .expect("transfer through the tunnel");
+    assert!(report.intact(), "transfer damaged: {report:?}");
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum T {
+    Udp,
+    Tcp,
+}
+
+/// Edits that turn the example configs into one cell of the matrix.
+fn cell_configs(
+    cfg: &Configs,
+    t: T,
+    tap: bool,
+    compress: bool,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let mut server: Vec<(&str, &str)> = vec![(
+        "udp = \"[::]:51820\"",
+        "udp = \"[::]:51820\"\ntcp = \"[::]:51820\"",
+    )];
+    let mut client: Vec<(&str, &str)> = Vec::new();
+    if t == T::Tcp {
+        client.push(("transport = \"udp\"", "transport = \"tcp\""));
+    }
+    if tap {
+        server.push(("mode = \"tun\"", "mode = \"tap\""));
+        client.push(("mode = \"tun\"", "mode = \"tap\""));
+    }
+    if compress {
+        client.push(("# compress = false", "compress = true"));
+        cfg.variant(
+            "peers/alice.toml",
+            "peers/alice.toml",
+            &[("# compress = false", "compress = true")],
+        );
+    }
+    (
+        cfg.variant("server.toml", "cell-server.toml", &server),
+        cfg.variant("client.toml", "cell-client.toml", &client),
+    )
+}
+
+/// Ping and a 20 MB transfer both ways must work in every combination; with compression
+/// on, a compressible ping must really travel compressed (and with it off, never).
+fn matrix_cell(t: T, tap: bool, compress: bool) {
+    let lab = Lab::two_hosts().unwrap();
+    let cfg = Configs::new();
+    let (a, b) = (lab.a(), lab.b());
+    let (scfg, ccfg) = cell_configs(&cfg, t, tap, compress);
+    let _server = start_server(&lab, a, &scfg);
+    let _client = start_client(&lab, b, "client", &ccfg);
+    wait_for_ping(b.ns(), addr("10.77.0.1"), UP).unwrap();
+    let p = ping(b.ns(), addr("fd77::1"), 3, Duration::from_secs(5)).unwrap();
+    assert!(p.all_answered(), "IPv6: {}", p.output);
+    // 50 pings of 1000 bytes of one repeated byte: they shrink a lot under LZ4. (First:
+    // after the random bytes of the transfers the compressors back off for a while.)
+    let out = b
+        .ns()
+        .exec(
+            "ping",
+            [
+                "-n",
+                "-q",
+                "-c",
+                "50",
+                "-i",
+                "0.01",
+                "-s",
+                "1000",
+                "-p",
+                "ab",
+                "10.77.0.1",
+            ],
+        )
+        .unwrap();
+    assert!(out.contains(" 0% packet loss"), "{out}");
+    let s = show_json(&lab, "client");
+    let peer = &s["peers"][0];
+    assert_eq!(
+        peer["transport"],
+        if t == T::Tcp { "tcp" } else { "udp" },
+        "{s:#}"
+    );
+    assert_eq!(s["mode"], if tap { "tap" } else { "tun" });
+    let (tx, txp) = (
+        peer["tx_bytes"].as_u64().unwrap(),
+        peer["tx_payload_bytes"].as_u64().unwrap(),
+    );
+    let (rx, rxp) = (
+        peer["rx_bytes"].as_u64().unwrap(),
+        peer["rx_payload_bytes"].as_u64().unwrap(),
+    );
+    if compress {
+        assert!(
+            txp + 40_000 < tx,
+            "sent compressed: {txp} of {tx} bytes on the wire"
+        );
+        assert!(rxp + 40_000 < rx, "received compressed: {rxp} of {rx}");
+    } else {
+        assert_eq!((txp, rxp), (tx, rx), "nothing compressed");
+    }
+    transfer(a.ns(), "10.77.0.1:0", b.ns(), 20 * MB);
+    transfer(b.ns(), "10.77.0.2:0", a.ns(), 4 * MB);
+}
+
+#[test]
+fn matrix_udp_tun_plain() {
+    matrix_cell(T::Udp, false, false);
+}
+#[test]
+fn matrix_udp_tun_compressed() {
+    matrix_cell(T::Udp, false, true);
+}
+#[test]
+fn matrix_udp_tap_plain() {
+    matrix_cell(T::Udp, true, false);
+}
+#[test]
+fn matrix_udp_tap_compressed() {
+    matrix_cell(T::Udp, true, true);
+}
+#[test]
+fn matrix_tcp_tun_plain() {
+    matrix_cell(T::Tcp, false, false);
+}
+#[test]
+fn matrix_tcp_tun_compressed() {
+    matrix_cell(T::Tcp, false, true);
+}
+#[test]
+fn matrix_tcp_tap_plain() {
+    matrix_cell(T::Tcp, true, false);
+}
+#[test]
+fn matrix_tcp_tap_compressed() {
+    matrix_cell(T::Tcp, true, true);
+}
+
+#[test]
+fn a_compression_mismatch_is_refused_with_the_reason() {
+    let lab = Lab::two_hosts().unwrap();
+    let cfg = Configs::new();
+    let (a, b) = (lab.a(), lab.b());
+    let ccfg = cfg.variant(
+        "client.toml",
+        "c.toml",
+        &[("# compress = false", "compress = true")],
+    );
+    let mut server = start_server(&lab, a, &cfg.server());
+    let mut client = start_client(&lab, b, "client", &ccfg);
+    client
+        .wait_for_output(
+            "settings differ (this side has compress = true, the server has compress = false)",
+            UP,
+        )
+        .expect("the client says why");
+    server
+        .wait_for_output(
+            "settings differ (this server has compress = false, the peer has compress = true)",
+            UP,
+        )
+        .expect("the server says why");
+    let p = ping(b.ns(), addr("10.77.0.1"), 3, Duration::from_secs(2)).unwrap();
+    assert_eq!(p.received, 0, "{}", p.output);
+}
+
+/// The peer file and client config of a third client, carol.
+fn carol(cfg: &Configs) -> std::path::PathBuf {
+    cfg.variant(
+        "peers/alice.toml",
+        "carol.peer",
+        &[
+            ("alice.pub", "carol.pub"),
+            ("10.77.0.2/32", "10.77.0.4/32"),
+            ("fd77::2/128", "fd77::4/128"),
+        ],
+    );
+    cfg.variant(
+        "client.toml",
+        "carol.toml",
+        &[
+            ("keys/alice.key", "keys/carol.key"),
+            ("\"10.77.0.2/24\"", "\"10.77.0.4/24\""),
+            ("\"fd77::2/64\"", "\"fd77::4/64\""),
+        ],
+    )
+}
+
+fn bob(cfg: &Configs) -> std::path::PathBuf {
+    cfg.variant(
+        "client.toml",
+        "bob.toml",
+        &[
+            ("keys/alice.key", "keys/bob.key"),
+            ("\"10.77.0.2/24\"", "\"10.77.0.3/24\""),
+            ("\"fd77::2/64\"", "\"fd77::3/64\""),
+        ],
+    )
+}
+
+#[test]
+fn a_tap_server_switches_frames_between_three_clients_by_mac() {
+    let lab = Lab::star(4).unwrap();
+    let cfg = Configs::new();
+    let (a, b, c, d) = (
+        lab.a(),
+        lab.b(),
+        lab.host("c").unwrap(),
+        lab.host("d").unwrap(),
+    );
+    let carol_cfg = carol(&cfg);
+    std::fs::copy(cfg.path("carol.peer"), cfg.path("peers/carol.toml")).unwrap();
+    let tap = |file: &std::path::Path, name: &str, mac: &str| {
+        let text = std::fs::read_to_string(file).unwrap();
+        let text = text.replace("mode = \"tun\"", "mode = \"tap\"");
+        let text = text.replacen("mtu = 1420", &format!("mtu = 1420\nmac = \"{mac}\""), 1);
+        let p = cfg.path(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let server_cfg = tap(&cfg.server(), "tap-server.toml", "02:77:00:00:00:01");
+    let alice_cfg = tap(&cfg.client(), "tap-alice.toml", "02:77:00:00:00:02");
+    let bob_cfg = tap(&bob(&cfg), "tap-bob.toml", "02:77:00:00:00:03");
+    let carol_cfg = tap(&carol_cfg, "tap-carol.toml", "02:77:00:00:00:04");
+    let _server = start_server(&lab, a, &server_cfg);
+    let _alice = start_client(&lab, b, "alice", &alice_cfg);
+    let _bob = start_client(&lab, c, "bob", &bob_cfg);
+    let _carol = start_client(&lab, d, "carol", &carol_cfg);
+    for h in [b, c, d] {
+        wait_for_ping(h.ns(), addr("10.77.0.1"), UP).unwrap();
+    }
+    // Everyone reaches everyone, through the server's switch.
+    for (from, to) in [
+        (b, "10.77.0.3"),
+        (b, "10.77.0.4"),
+        (c, "10.77.0.4"),
+        (d, "10.77.0.2"),
+        (c, "fd77::2"),
+    ] {
+        let p = ping(from.ns(), addr(to), 3, Duration::from_secs(5)).unwrap();
+        assert!(p.all_answered(), "{} to {to}: {}", from.tag(), p.output);
+    }
+    // Capture ICMP on carol's and bob's devices while alice pings bob: bob sees it, carol
+    // must not see a single frame addressed to bob.
+    let capture = |h: &ferrotun_lab::Host, label: &str| {
+        let mut cmd = h.command("tcpdump");
+        cmd.args(["-i", "ftun1", "-n", "-l", "-e", "-U", "icmp"]);
+        lab.spawn(label, &mut cmd).unwrap()
+    };
+    let mut on_carol = capture(d, "tcpdump-carol");
+    let mut on_bob = capture(c, "tcpdump-bob");
+    // tcpdump needs a moment: wait until each capture has seen a ping of its own host.
+    for (h, cap, me) in [
+        (d, &mut on_carol, "10.77.0.4"),
+        (c, &mut on_bob, "10.77.0.3"),
+    ] {
+        wait_until(
+            format!("tcpdump on {} capturing", h.tag()),
+            Duration::from_secs(10),
+            || {
+                let _ = ping(a.ns(), addr(me), 1, Duration::from_secs(1));
+                cap.stdout().contains(&format!("> {me}:"))
+            },
+        )
+        .unwrap();
+    }
+    let before = on_carol.stdout().lines().count();
+    let p = ping(b.ns(), addr("10.77.0.3"), 20, Duration::from_secs(5)).unwrap();
+    assert!(p.all_answered(), "{}", p.output);
+    wait_until(
+        "bob's capture saw alice's pings",
+        Duration::from_secs(5),
+        || {
+            on_bob
+                .stdout()
+                .matches("10.77.0.2 > 10.77.0.3: ICMP echo request")
+                .count()
+                >= 20
+        },
+    )
+    .unwrap();
+    on_bob.signal(Signal::Int).unwrap();
+    on_carol.signal(Signal::Int).unwrap();
+    let _ = on_carol.wait_timeout(Duration::from_secs(5));
+    let seen = on_carol.stdout();
+    assert!(
+        !seen.contains("02:77:00:00:00:03") && !seen.contains("> 10.77.0.3:"),
+        "carol saw frames for bob:\n{seen}"
+    );
+    assert!(seen.lines().count() >= before, "{seen}");
+    let s = show_json(&lab, "server");
+    assert!(s["mac_table_entries"].as_u64().unwrap() >= 4, "{s:#}");
+}
+
+/// Kills the server and starts it again; the client must carry traffic again without
+/// being touched.
+fn reconnect(t: T) {
+    let lab = Lab::two_hosts().unwrap();
+    let cfg = Configs::new();
+    let (a, b) = (lab.a(), lab.b());
+    let (scfg, ccfg) = cell_configs(&cfg, t, false, false);
+    let mut server = start_server(&lab, a, &scfg);
+    let mut client = start_client(&lab, b, "client", &ccfg);
+    wait_for_ping(b.ns(), addr("10.77.0.1"), UP).unwrap();
+    server.kill(Duration::from_millis(10)).unwrap();
+    drop(server);
+    wait_until(
+        "the server's interface to go",
+        Duration::from_secs(10),
+        || !has_interface(a, "ftun0"),
+    )
+    .unwrap();
+    let p = ping(b.ns(), addr("10.77.0.1"), 3, Duration::from_secs(2)).unwrap();
+    assert_eq!(p.received, 0, "nothing answers while the server is down");
+    let t0 = Instant::now();
+    let _server = start_server(&lab, a, &scfg);
+    wait_for_ping(b.ns(), addr("10.77.0.1"), Duration::from_secs(40)).expect("traffic resumes");
+    eprintln!(
+        "traffic resumed {:?} after the server restarted",
+        t0.elapsed()
+    );
+    transfer(a.ns(), "10.77.0.1:0", b.ns(), 4 * MB);
+    assert!(client.is_running().unwrap(), "the client kept running");
+    assert!(has_interface(b, "ftun1"));
+}
+
+#[test]
+fn the_client_reconnects_over_udp_after_the_server_restarts() {
+    reconnect(T::Udp);
+}
+
+#[test]
+fn the_client_reconnects_over_tcp_after_the_server_restarts() {
+    reconnect(T::Tcp);
+}
+
+#[test]
+fn tcp_garbage_closes_only_that_connection() {
+    let lab = Lab::star(3).unwrap();
+    let cfg = Configs::new();
+    let (a, b, c) = (lab.a(), lab.b(), lab.host("c").unwrap());
+    let (scfg, ccfg) = cell_configs(&cfg, T::Tcp, false, false);
+    let _server = start_server(&lab, a, &scfg);
+    let _client = start_client(&lab, b, "client", &ccfg);
+    wait_for_ping(b.ns(), addr("10.77.0.1"), UP).unwrap();
+    let closed = std::thread::scope(|s| {
+        let garbage = s.spawn(|| {
+            let mut closed = 0;
+            let mut x: u32 = 0x9e37_79b9;
+            for _ in 0..20 {
+                let mut conn = c
+                    .ns()
+                    .tcp_connect(sock("198.18.0.1:51820"), Duration::from_secs(5))
+                    .unwrap();
+                conn.set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                let mut junk = [0u8; 512];
+                for byte in junk.iter_mut() {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    *byte = x as u8;
+                }
+                let _ = conn.write_all(&junk);
+                let mut buf = [0u8; 64];
+                // The server closes the connection: read sees the end (or a reset).
+                if matches!(conn.read(&mut buf), Ok(0) | Err(_)) {
+                    closed += 1;
+                }
+            }
+            closed
+        });
+        transfer(a.ns(), "10.77.0.1:0", b.ns(), 20 * MB);
+        garbage.join().unwrap()
+    });
+    assert_eq!(closed, 20, "every garbage connection was closed");
+    let s = show_json(&lab, "server");
+    assert!(
+        s["drops"]["tcp_closed"].as_u64().unwrap_or(0) >= 20,
+        "{s:#}"
+    );
+    // An idle connection that never sends a handshake is closed after its deadline.
+    let mut idle = c
+        .ns()
+        .tcp_connect(sock("198.18.0.1:51820"), Duration::from_secs(5))
+        .unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let t0 = Instant::now();
+    let mut buf = [0u8; 8];
+    assert!(matches!(idle.read(&mut buf), Ok(0) | Err(_)));
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(12),
+        "{waited:?}"
+    );
+}
+
+#[test]
+fn sighup_adds_and_removes_peers_while_a_third_keeps_its_transfer() {
+    let lab = Lab::star(4).unwrap();
+    let cfg = Configs::new();
+    let (a, b, c, d) = (
+        lab.a(),
+        lab.b(),
+        lab.host("c").unwrap(),
+        lab.host("d").unwrap(),
+    );
+    let carol_cfg = carol(&cfg);
+    let mut server = start_server(&lab, a, &cfg.server());
+    let _alice = start_client(&lab, b, "alice", &cfg.client());
+    let _bob = start_client(&lab, c, "bob", &bob(&cfg));
+    let _carol = start_client(&lab, d, "carol", &carol_cfg);
+    wait_for_ping(b.ns(), addr("10.77.0.1"), UP).unwrap();
+    wait_for_ping(c.ns(), addr("10.77.0.1"), UP).unwrap();
+    let p = ping(d.ns(), addr("10.77.0.1"), 2, Duration::from_secs(2)).unwrap();
+    assert_eq!(p.received, 0, "carol is not a peer yet");
+    let handshakes = |name: &str| {
+        let s = show_json(&lab, "server");
+        let p = s["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned();
+        p.map(|p| p["handshakes"].as_u64().unwrap())
+    };
+    let alice_before = handshakes("alice").unwrap();
+    let _limit = b.rate_limit(30_000_000).unwrap();
+    std::thread::scope(|s| {
+        let t = s.spawn(|| transfer(a.ns(), "10.77.0.1:0", b.ns(), 12 * MB));
+        std::thread::sleep(Duration::from_millis(500));
+        std::fs::remove_file(cfg.path("peers/bob.toml")).unwrap();
+        std::fs::copy(cfg.path("carol.peer"), cfg.path("peers/carol.toml")).unwrap();
+        server.signal(Signal::Hup).unwrap();
+        server
+            .wait_for_output("SIGHUP: peers reloaded", Duration::from_secs(5))
+            .unwrap();
+        assert!(
+            !t.is_finished(),
+            "the transfer should outlast the reload; slow it down more"
+        );
+        wait_for_ping(d.ns(), addr("10.77.0.1"), Duration::from_secs(20)).expect("carol gets in");
+        let p = ping(c.ns(), addr("10.77.0.1"), 3, Duration::from_secs(3)).unwrap();
+        assert_eq!(p.received, 0, "bob is cut off: {}", p.output);
+        t.join().unwrap();
+    });
+    assert_eq!(
+        handshakes("alice"),
+        Some(alice_before),
+        "alice kept her session"
+    );
+    assert_eq!(handshakes("bob"), None);
+    // A reload with a broken file keeps the running peers.
+    std::fs::write(cfg.path("peers/broken.toml"), "public_key = 12\n").unwrap();
+    server.signal(Signal::Hup).unwrap();
+    server
+        .wait_for_output(
+            "SIGHUP: keeping the running configuration",
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert!(
+        server.stderr().contains("broken.toml:1:14"),
+        "{}",
+        server.stderr()
+    );
+    let p = ping(d.ns(), addr("10.77.0.1"), 3, Duration::from_secs(3)).unwrap();
+    assert!(p.all_answered(), "carol still in: {}", p.output);
+}
+
+#[test]
+fn show_reports_the_bytes_that_crossed() {
+    let lab = Lab::two_hosts().unwrap();
+    let cfg = Configs::new();
+    let (a, b) = (lab.a(), lab.b());
+    let _server = start_server(&lab, a, &cfg.server());
+    let _client = start_client(&lab, b, "client", &cfg.client());
+    wait_for_ping(b.ns(), addr("10.77.0.1"), UP).unwrap();
+    let before_c = show_json(&lab, "client")["peers"][0].clone();
+    let before_s = show_json(&lab, "server")["peers"][0].clone();
+    // 1000 datagrams of 1000 bytes: each is 1028 bytes of IPv4 packet in the tunnel.
+    let sink = UdpSink::bind(a.ns(), sock("10.77.0.1:7000")).unwrap();
+    let tx = b.ns().udp_bind(sock("10.77.0.2:0")).unwrap();
+    // In steps of 50, each waited for: a burst beyond the device's queue (500 packets)
+    // would be dropped by the kernel before ferrotun sees it.
+    for step in 0..20u64 {
+        send_sequence(
+            &tx,
+            sock("10.77.0.1:7000"),
+            step * 50..(step + 1) * 50,
+            1000,
+        )
+        .unwrap();
+        sink.wait_for_count((step as usize + 1) * 50, Duration::from_secs(10))
+            .unwrap();
+    }
+    let after_c = show_json(&lab, "client")["peers"][0].clone();
+    let after_s = show_json(&lab, "server")["peers"][0].clone();
+    let delta = |a: &serde_json::Value, b: &serde_json::Value, k: &str| {
+        a[k].as_u64().unwrap() - b[k].as_u64().unwrap()
+    };
+    let sent = delta(&after_c, &before_c, "tx_bytes");
+    let got = delta(&after_s, &before_s, "rx_bytes");
+    let want = 1000 * 1028;
+    // Keepalives carry no bytes; anything else the hosts send meanwhile is small.
+    assert!(
+        (want..want + 8_000).contains(&sent),
+        "client sent {sent}, want about {want}"
+    );
+    assert!(
+        (want..want + 8_000).contains(&got),
+        "server received {got}, want about {want}"
+    );
+    assert!(delta(&after_c, &before_c, "tx_packets") >= 1000);
+    assert_eq!(after_s["name"], "alice");
+    assert!(after_s["latest_handshake_seconds_ago"].as_u64().unwrap() < 60);
+    // The text form names the peer and its transfer.
+    let out = std::process::Command::new(server_bin())
+        .args(["show", "--socket"])
+        .arg(socket_path(&lab, "server"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("interface: ftun0 (tun)"), "{text}");
+    assert!(
+        text.contains("peer: alice") && text.contains("transfer: "),
+        "{text}"
+    );
+    // The socket answers nothing but show.
+    let mut raw = std::os::unix::net::UnixStream::connect(socket_path(&lab, "server")).unwrap();
+    raw.write_all(b"reload\n").unwrap();
+    let mut reply = String::new();
+    raw.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("error: unknown request"), "{reply}");
+}
