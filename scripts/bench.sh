@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# The ferrotun benchmark: two network namespaces joined by a veth, and through each path
+# between them the same measurements: iperf3 with one TCP stream and with four (Gbit/s),
+# ping RTT (ms), and the CPU seconds the tunnel processes spent per GB carried in the
+# one-stream run (user + system of both ferrotun processes; kernel work done in softirq
+# or in iperf3's context is not counted).
+#
+# Paths: the raw veth, ferrotun UDP/TUN, TCP/TUN and UDP/TAP, from the example configs.
+# With --peers, the other tunnels of ../shared/bench/peers.sh are measured after it in the
+# same run (it installs what it can), so ratios come from one run.
+#
+# usage: sudo ./scripts/bench.sh [--peers [NAME...]] [--secs N] [--only raw,udp,tcp,tap]
+#        env: OFFLOAD=off runs ferrotun without TUN/UDP offloads (for comparisons).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+SECS=8
+PEERS=0
+PEER_NAMES=()
+ONLY="raw,udp,tcp,tap"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --peers) PEERS=1; shift; while [ $# -gt 0 ] && [[ "$1" != --* ]]; do PEER_NAMES+=("$1"); shift; done ;;
+    --secs) SECS=$2; shift 2 ;;
+    --only) ONLY=$2; shift 2 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+if [ "$(id -u)" -ne 0 ]; then
+  echo "bench.sh: needs root (network namespaces, /dev/net/tun)" >&2
+  exit 1
+fi
+declare -A need=([ip]=iproute2 [ping]=iputils-ping [iperf3]=iperf3 [python3]=python3 [awk]=gawk)
+missing=()
+for cmd in "${!need[@]}"; do command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+A=ftbench-a
+B=ftbench-b
+W=$(mktemp -d /tmp/ferrotun-bench.XXXXXX)
+PIDS=()
+stop_tunnel() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  PIDS=()
+}
+cleanup() {
+  stop_tunnel
+  [ -f "$W/iperf.pid" ] && kill "$(cat "$W/iperf.pid")" 2>/dev/null
+  ip netns del "$A" 2>/dev/null || true
+  ip netns del "$B" 2>/dev/null || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+cargo build --release --locked -p ferrotun >/dev/null 2>&1 || cargo build --release --locked -p ferrotun
+SERVER=$ROOT/target/release/ferrotun-server
+CLIENT=$ROOT/target/release/ferrotun-client
+
+ip netns del "$A" 2>/dev/null || true
+ip netns del "$B" 2>/dev/null || true
+ip netns add "$A"
+ip netns add "$B"
+ip link add ftbench-s type veth peer name ftbench-c
+ip link set ftbench-s netns "$A"
+ip link set ftbench-c netns "$B"
+ip -n "$A" addr add 198.18.0.1/24 dev ftbench-s
+ip -n "$B" addr add 198.18.0.2/24 dev ftbench-c
+for n in "$A" "$B"; do ip -n "$n" link set lo up; done
+ip -n "$A" link set ftbench-s up
+ip -n "$B" link set ftbench-c up
+
+cp -r config/. "$W/"
+rm -rf "$W/keys"
+mkdir -m 700 "$W/keys"
+for who in server alice bob; do
+  (umask 077; "$SERVER" genkey > "$W/keys/$who.key")
+  "$SERVER" pubkey < "$W/keys/$who.key" > "$W/keys/$who.pub"
+done
+offload=""
+[ "${OFFLOAD:-on}" = off ] && offload='s/^mtu = 1420$/mtu = 1420\noffload = false/;'
+# Variants of the example configs: TCP transport, TAP mode.
+sed -e "$offload" config/server.toml | sed 's|^udp = "\[::\]:51820"|udp = "[::]:51820"\ntcp = "[::]:51820"|' > "$W/server.toml"
+sed -e "$offload" config/client.toml > "$W/client-udp.toml"
+sed -e "$offload" -e 's/^transport = "udp"/transport = "tcp"/' config/client.toml > "$W/client-tcp.toml"
+sed -e 's/^mode = "tun"/mode = "tap"/' "$W/server.toml" > "$W/server-tap.toml"
+sed -e "$offload" -e 's/^mode = "tun"/mode = "tap"/' config/client.toml > "$W/client-tap.toml"
+
+wait_ping() {
+  for _ in $(seq 1 100); do
+    ip netns exec "$B" ping -n -c 1 -W 1 "$1" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  return 1
+}
+cpu_ticks() { # sum of utime+stime of the given pids
+  local s=0 p
+  for p in "$@"; do
+    [ -r "/proc/$p/stat" ] && s=$((s + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+  done
+  echo $s
+}
+ROWS=()
+measure() { # label target pid...
+  local label=$1 target=$2; shift 2
+  local pids=("$@")
+  if ! wait_ping "$target"; then ROWS+=("| $label | failed: no ping | | | |"); return; fi
+  ip netns exec "$A" iperf3 -s -D -p 5299 -I "$W/iperf.pid" >/dev/null 2>&1
+  sleep 0.3
+  local c0 c1 j1 j4 rtt
+  c0=$(cpu_ticks "${pids[@]}")
+  j1=$(timeout $((SECS + 20)) ip netns exec "$B" iperf3 -c "$target" -p 5299 -t "$SECS" -J 2>/dev/null || true)
+  c1=$(cpu_ticks "${pids[@]}")
+  j4=$(timeout $((SECS + 20)) ip netns exec "$B" iperf3 -c "$target" -p 5299 -t "$SECS" -P 4 -J 2>/dev/null || true)
+  kill "$(cat "$W/iperf.pid")" 2>/dev/null || true
+  rm -f "$W/iperf.pid"
+  rtt=$(ip netns exec "$B" ping -n -c 20 -i 0.05 -q "$target" 2>/dev/null | awk -F/ '/rtt/ {printf "%.3f", $5}')
+  local row
+  row=$(python3 - "$c0" "$c1" "$(getconf CLK_TCK)" "${#pids[@]}" 3<<<"$j1" 4<<<"$j4" <<'PY'
+import json, os, sys
+c0, c1, hz, n = (int(x) for x in sys.argv[1:5])
+def rate(fd):
+    try:
+        d = json.load(os.fdopen(fd))["end"]["sum_received"]
+        return d["bits_per_second"] / 1e9, d["bytes"]
+    except Exception:
+        return 0.0, 0
+g1, b1 = rate(3)
+g4, _ = rate(4)
+cpu = "%.2f" % (((c1 - c0) / hz) / (b1 / 1e9)) if n and b1 else "-"
+print("%.2f | %.2f | %s" % (g1, g4, cpu))
+PY
+)
+  IFS='|' read -r g1 g4 cpg <<<"$row"
+  ROWS+=("| $label | ${g1// /} | ${g4// /} | ${rtt:-?} | ${cpg// /} |")
+  echo "  $label: ${g1// /} / ${g4// /} Gbit/s, rtt ${rtt:-?} ms, ${cpg// /} CPU s/GB" >&2
+}
+run_ferrotun() { # label server-config client-config
+  ip netns exec "$A" "$SERVER" -q -c "$W/$2" --socket "$W/s.sock" 2>"$W/server.log" &
+  PIDS+=($!)
+  ip netns exec "$B" "$CLIENT" -q -c "$W/$3" --socket "$W/c.sock" 2>"$W/client.log" &
+  PIDS+=($!)
+  measure "$1" 10.77.0.1 "${PIDS[@]}"
+  stop_tunnel
+}
+
+echo "bench.sh: $SECS s per figure" >&2
+[[ ",$ONLY," == *,raw,* ]] && measure "raw veth, no tunnel" 198.18.0.1
+[[ ",$ONLY," == *,udp,* ]] && run_ferrotun "ferrotun UDP, TUN" server.toml client-udp.toml
+[[ ",$ONLY," == *,tcp,* ]] && run_ferrotun "ferrotun TCP, TUN" server.toml client-tcp.toml
+[[ ",$ONLY," == *,tap,* ]] && run_ferrotun "ferrotun UDP, TAP" server-tap.toml client-tap.toml
+
+echo
+echo "$(date -u +%Y-%m-%d), kernel $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores, iperf3 $SECS s per figure"
+echo
+echo "| path | 1 stream Gbit/s | 4 streams Gbit/s | RTT ms | tunnel CPU s/GB |"
+echo "|---|---|---|---|---|"
+printf '%s\n' "${ROWS[@]}"
+
+if [ $PEERS -eq 1 ]; then
+  cleanup
+  trap - EXIT
+  echo
+  echo "Peers, measured next by ../shared/bench/peers.sh in the same run:"
+  SECS=$SECS "$ROOT/../shared/bench/peers.sh" "${PEER_NAMES[@]}"
+fi
