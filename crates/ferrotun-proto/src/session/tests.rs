@@ -569,3 +569,71 @@ fn padded_ip_is_trimmed_and_garbage_inside_is_refused() {
             .contains("not an IPv4/IPv6")
     );
 }
+
+/// The split data path (`session/split.rs`: seal/open with the keypairs directly and report
+/// the events) must leave the timers and keypairs exactly where encapsulate/decapsulate do.
+#[test]
+fn split_data_path_matches_the_folded_one() {
+    let mut folded = world();
+    let mut split = world();
+    for w in [&mut folded, &mut split] {
+        w.a.s.request_handshake();
+        let init = w.poll(true, 0.0).pop().unwrap().1;
+        let resp = w.deliver(false, 0.0, init).unwrap().unwrap();
+        w.deliver(true, 0.0, resp).unwrap();
+        let out = w.poll(true, 0.0);
+        assert!(matches!(out[..], [(Transmit::Keepalive(_), _)]));
+    }
+    // Folded: A's keepalive confirms B's next keypair through decapsulate.
+    let ka = folded.poll(true, 0.0);
+    assert!(ka.is_empty());
+    // Replay the same confirmation both ways: data from A to B at 1 s.
+    let pkt = ipv4(60, 4);
+    let d = folded.seal(true, 1.0, &pkt);
+    assert_eq!(folded.deliver(false, 1.0, d).unwrap(), Some(pkt.clone()));
+
+    let (t1, _) = split.at(1.0);
+    let kp = split.a.s.current_keypair().unwrap();
+    let mut buf = vec![0u8; 16 + 64 + 16];
+    buf[16..76].copy_from_slice(&pkt);
+    let n = kp.seal(PayloadFlags::NONE, 60, &mut buf, MTU).unwrap();
+    split.a.s.note_sent(t1);
+    let next = split
+        .b
+        .s
+        .next_keypair_index()
+        .expect("B waits for confirmation");
+    let live = split.b.s.live_keypairs();
+    let opener = live.iter().find(|k| k.local_index() == next).unwrap();
+    let (_, range) = opener.open(&mut buf[..n]).unwrap();
+    assert_eq!(&buf[range][..60], &pkt[..]);
+    split.b.s.note_received(t1, Some(next), true);
+
+    for (f, s) in [(&folded.a.s, &split.a.s), (&folded.b.s, &split.b.s)] {
+        assert_eq!(
+            f.next_timeout().map(|t| t - folded.t0),
+            s.next_timeout().map(|t| t - split.t0)
+        );
+        assert_eq!(
+            f.is_established(folded.at(1.0).0),
+            s.is_established(split.at(1.0).0)
+        );
+        assert_eq!(
+            f.next_keypair_index().is_some(),
+            s.next_keypair_index().is_some()
+        );
+        assert_eq!(
+            f.latest_handshake().map(|t| t - folded.t0),
+            s.latest_handshake().map(|t| t - split.t0)
+        );
+    }
+    assert!(
+        split.b.s.next_keypair_index().is_none(),
+        "note_received promoted next"
+    );
+    // Both sides keep running identically: B's keepalive timer fires at 11 s in both.
+    assert_eq!(
+        folded.poll(false, 11.0).len(),
+        split.poll(false, 11.0).len()
+    );
+}
