@@ -163,6 +163,8 @@ struct RawInterface {
     mac: Option<Spanned<String>>,
     #[serde(default)]
     control_socket: Option<Spanned<String>>,
+    #[serde(default)]
+    offload: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -268,6 +270,8 @@ pub struct InterfaceConfig {
     pub mac: Option<[u8; 6]>,
     /// Where the control socket lives, if set (else derived from the interface name).
     pub control_socket: Option<PathBuf>,
+    /// Use TUN segmentation offloads and UDP GSO/GRO where the kernel has them.
+    pub offload: bool,
 }
 
 /// Shell commands run after the device is configured and before it is removed.
@@ -502,6 +506,7 @@ fn parse_interface(src: &Source, raw: RawInterface) -> Result<InterfaceConfig, C
         private_key,
         mac,
         control_socket: raw.control_socket.map(|s| src.resolve(s.get_ref())),
+        offload: raw.offload.unwrap_or(true),
     })
 }
 

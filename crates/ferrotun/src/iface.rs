@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use ferrotun_device::vnet::{self, Offloads};
 use ferrotun_device::{DeviceBuilder, DeviceError, Link, Mode, Queue};
 use ipnet::IpNet;
 
@@ -24,6 +25,7 @@ pub struct Interface {
     mode: Mode,
     mtu: u32,
     queues: Vec<Queue>,
+    offloads: Option<Offloads>,
     addresses: Vec<IpNet>,
     /// A duplicate of the first queue's descriptor: it keeps the device in existence after
     /// the data path has dropped its queues, until the `down` hook has run.
@@ -36,7 +38,18 @@ impl Interface {
     /// Creates and configures the device, adds `routes` that the interface's own address
     /// prefixes do not cover already, and runs the `up` hook.
     pub fn up(cfg: &InterfaceConfig, routes: &[IpNet], hooks: &Hooks) -> anyhow::Result<Interface> {
-        let dev = DeviceBuilder::new(&cfg.name, cfg.mode).open()?;
+        // TUN offloads ride on a virtio-net header; TAP frames go without one.
+        let vnet = cfg.offload && cfg.mode == Mode::Tun;
+        let dev = DeviceBuilder::new(&cfg.name, cfg.mode)
+            .vnet_hdr(vnet)
+            .open()?;
+        let offloads = if vnet {
+            let on = vnet::enable_offloads(&dev.queues()[0], Offloads::ALL)?;
+            tracing::debug!(tso = on.tso, uso = on.uso, "device offloads");
+            Some(on)
+        } else {
+            None
+        };
         let link = dev.link().clone();
         let name = link.name().to_owned();
         if let Some(mac) = cfg.mac {
@@ -79,6 +92,7 @@ impl Interface {
         Ok(Interface {
             keeper,
             addresses: cfg.addresses.clone(),
+            offloads,
             link,
             mode: cfg.mode,
             mtu: cfg.mtu,
@@ -128,6 +142,11 @@ impl Interface {
                 }
             }
         }
+    }
+
+    /// The offloads on, if the device has a virtio-net header.
+    pub fn offloads(&self) -> Option<Offloads> {
+        self.offloads
     }
 
     /// Takes the device's queues for the data path.

@@ -263,6 +263,8 @@ async fn serve(role: Role, plan: Plan, socket: Option<PathBuf>) -> anyhow::Resul
         udp,
         tcp,
         tun: queue,
+        tun_offloads: iface.offloads(),
+        udp_offload: interface.offload,
         client,
     })?;
     let _server = control.serve(engine.shared.clone())?;

@@ -23,10 +23,12 @@
 
 pub mod client;
 pub mod control;
+pub mod device;
 pub mod receive;
 pub mod send;
 pub mod switch;
 pub mod tcp;
+pub mod udp;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -37,12 +39,12 @@ use std::time::Instant;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use ferrotun_device::{AsyncQueue, Mode};
+use ferrotun_device::Mode;
+use ferrotun_device::vnet::Offloads;
 use ferrotun_proto::{
     AeadBackend, HandshakeFlags, Identity, Keypair, PublicKey, Session, SessionConfig, SessionIndex,
 };
 use ipnet::IpNet;
-use tokio::net::UdpSocket;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -55,6 +57,7 @@ use crate::stats::{DropReason, Drops};
 use control::Inbound;
 use switch::Switch;
 use tcp::{TcpConn, Unauthenticated};
+use udp::UdpIo;
 
 /// Room after the payload for padding (to 16) and the tag.
 pub const TRAILER: usize = 16 + 16;
@@ -295,10 +298,9 @@ pub struct Shared {
     /// stale receiver index can never name a newer peer).
     pub next_slot: AtomicU32,
     /// The UDP socket, if any.
-    pub udp: Option<UdpSocket>,
-    udp_v6: bool,
-    /// The device queue.
-    pub tun: AsyncQueue,
+    pub udp: Option<UdpIo>,
+    /// The device.
+    pub tun: device::Tun,
     /// The MAC table of a TAP server.
     pub switch: Switch,
     /// Drop counters.
@@ -356,15 +358,6 @@ impl Shared {
         self.frame_len() + 64
     }
 
-    fn wire_addr(&self, addr: SocketAddr) -> SocketAddr {
-        match addr {
-            SocketAddr::V4(v4) if self.udp_v6 => {
-                SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
-            }
-            a => a,
-        }
-    }
-
     /// Sends one message to a peer address.
     pub async fn transmit(&self, bytes: &[u8], to: &PeerAddr) {
         match to {
@@ -373,7 +366,7 @@ impl Shared {
                     self.drops.count(DropReason::SendFailed);
                     return;
                 };
-                if let Err(e) = sock.send_to(bytes, self.wire_addr(*addr)).await {
+                if let Err(e) = sock.send(*addr, bytes, None).await {
                     self.drop_packet(DropReason::SendFailed, || format!("sending to {addr}: {e}"));
                 }
             }
@@ -468,6 +461,10 @@ pub struct EngineConfig {
     pub tcp: Option<std::net::TcpListener>,
     /// The device queue.
     pub tun: ferrotun_device::Queue,
+    /// The offloads enabled on the device, if it has a virtio-net header.
+    pub tun_offloads: Option<Offloads>,
+    /// Whether UDP GSO/GRO may be used.
+    pub udp_offload: bool,
     /// A client's connector settings.
     pub client: Option<client::ClientSettings>,
 }
@@ -476,14 +473,18 @@ impl Engine {
     /// Starts the tasks. Must run inside a tokio runtime.
     pub fn start(cfg: EngineConfig) -> anyhow::Result<Engine> {
         let mut listening = Vec::new();
-        let (udp, udp_v6) = match cfg.udp {
+        let udp = match cfg.udp {
             Some(s) => {
-                s.set_nonblocking(true)?;
-                let local = s.local_addr()?;
-                listening.push((Transport::Udp, local));
-                (Some(UdpSocket::from_std(s)?), local.is_ipv6())
+                let io = UdpIo::new(s, cfg.udp_offload)?;
+                listening.push((Transport::Udp, io.local_addr()?));
+                tracing::debug!(
+                    gso = io.max_segments(),
+                    gro = io.gro_segments(),
+                    "UDP socket"
+                );
+                Some(io)
             }
-            None => (None, false),
+            None => None,
         };
         let tcp = match cfg.tcp {
             Some(l) => {
@@ -509,8 +510,7 @@ impl Engine {
             table: ArcSwap::from_pointee(cfg.table),
             next_slot: AtomicU32::new(next_slot),
             udp,
-            udp_v6,
-            tun,
+            tun: device::Tun::new(tun, cfg.tun_offloads),
             switch: Switch::default(),
             drops: Drops::default(),
             unauthenticated: Unauthenticated::default(),

@@ -46,7 +46,7 @@ impl ReceiveScratch {
         let frame = shared.frame_len();
         let sealed = DATA_HEADER_LEN + frame + TRAILER;
         ReceiveScratch {
-            plain: vec![0u8; shared.plain_len()],
+            plain: vec![0u8; HEADROOM + shared.plain_len()],
             fwd: Forwarder {
                 forward: vec![0u8; sealed],
                 flood: vec![0u8; sealed],
@@ -56,25 +56,109 @@ impl ReceiveScratch {
     }
 }
 
-/// Reads datagrams from the UDP socket until it fails.
+/// Receive buffers per system call; with GRO each holds up to 64 coalesced datagrams.
+const RX_BUFFERS: usize = 8;
+/// Size of one receive buffer: the largest GRO batch the kernel hands over.
+const RX_BUFFER_LEN: usize = 65536;
+
+/// A packet decrypted in place, to be written to the device: buffer, start, length.
+#[derive(Clone, Copy)]
+struct Delivery {
+    buf: usize,
+    start: usize,
+    len: usize,
+}
+
+/// Reads datagrams from the UDP socket until it fails: several buffers per system call,
+/// each holding one datagram or (with GRO) several of one size from one sender. Packets
+/// decrypted in place are written to the device together at the end of the batch, merged
+/// into super-segments when the device has offloads.
 pub async fn udp_receive_path(shared: Arc<Shared>) -> anyhow::Result<()> {
-    let mut buf = vec![0u8; 65536];
+    let udp = shared.udp.as_ref().context("no UDP socket")?;
+    let mut bufs: Vec<Vec<u8>> = (0..RX_BUFFERS).map(|_| vec![0u8; RX_BUFFER_LEN]).collect();
+    let mut metas = [quinn_udp::RecvMeta::default(); RX_BUFFERS];
     let mut scratch = ReceiveScratch::new(&shared);
-    let sock = shared.udp.as_ref().context("no UDP socket")?;
+    let mut writer = shared
+        .tun
+        .offloads()
+        .map(ferrotun_device::vnet::Writer::new);
+    let mut deliveries: Vec<Delivery> = Vec::with_capacity(RX_BUFFERS * 64);
+    let mut lens: Vec<usize> = Vec::with_capacity(RX_BUFFERS * 64);
     loop {
-        let (n, src) = match sock.recv_from(&mut buf).await {
-            Ok(r) => r,
-            // ICMP errors can surface on a UDP socket; they are not ours to act on.
-            Err(e) if is_transient(&e) => continue,
-            Err(e) => return Err(e).context("receiving from the UDP socket"),
+        let n = {
+            let mut it = bufs.iter_mut();
+            let mut iovs: [std::io::IoSliceMut<'_>; RX_BUFFERS] = std::array::from_fn(|_| {
+                std::io::IoSliceMut::new(it.next().expect("RX_BUFFERS buffers").as_mut_slice())
+            });
+            match udp.recv(&mut iovs, &mut metas).await {
+                Ok(n) => n,
+                // ICMP errors can surface on a UDP socket; they are not ours to act on.
+                Err(e) if is_transient(&e) => continue,
+                Err(e) => return Err(e).context("receiving from the UDP socket"),
+            }
         };
-        receive_one(
-            &shared,
-            &mut buf[..n],
-            Source::Udp(canonical(src)),
-            &mut scratch,
-        )
-        .await;
+        deliveries.clear();
+        for (k, meta) in metas.iter().enumerate().take(n) {
+            let src = Source::Udp(canonical(meta.addr));
+            let stride = meta.stride.max(1);
+            let mut at = 0;
+            while at < meta.len {
+                let end = (at + stride).min(meta.len);
+                let dgram = &mut bufs[k][at..end];
+                if let Verdict::Deliver { start, len } =
+                    receive_one(&shared, dgram, src, &mut scratch).await
+                {
+                    deliveries.push(Delivery {
+                        buf: k,
+                        start: at + start,
+                        len,
+                    });
+                }
+                at = end;
+            }
+        }
+        if deliveries.is_empty() {
+            continue;
+        }
+        match writer.as_mut() {
+            Some(w) => {
+                // Disjoint slices, one per packet, each with its 16 bytes of headroom.
+                let mut packets: Vec<&mut [u8]> = Vec::with_capacity(deliveries.len());
+                lens.clear();
+                let mut rest = deliveries.iter().peekable();
+                for (k, buf) in bufs.iter_mut().enumerate() {
+                    let mut tail: &mut [u8] = buf.as_mut_slice();
+                    let mut taken = 0;
+                    while let Some(d) = rest.next_if(|d| d.buf == k) {
+                        let (_, from) =
+                            std::mem::take(&mut tail).split_at_mut(d.start - HEADROOM - taken);
+                        let (pkt, after) = from.split_at_mut(HEADROOM + d.len);
+                        taken = d.start + d.len;
+                        tail = after;
+                        packets.push(pkt);
+                        lens.push(d.len);
+                    }
+                }
+                if let Err(e) = w
+                    .send_batch(shared.tun.queue(), &mut packets, HEADROOM, &lens)
+                    .await
+                {
+                    shared.drop_packet(DropReason::SendFailed, || {
+                        format!("writing to the device: {e}")
+                    });
+                }
+            }
+            None => {
+                for d in &deliveries {
+                    let buf = &mut bufs[d.buf][d.start - HEADROOM..d.start + d.len];
+                    if let Err(e) = shared.tun.write(buf, HEADROOM, d.len).await {
+                        shared.drop_packet(DropReason::SendFailed, || {
+                            format!("writing to the device: {e}")
+                        });
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -96,6 +180,14 @@ fn is_transient(e: &std::io::Error) -> bool {
 pub enum Verdict {
     /// Delivered, switched, or handed to the control task.
     Accepted,
+    /// An IP packet for the device, left in place at `buf[start..start + len]` with at
+    /// least 16 bytes of headroom: the caller writes it (alone, or merged with others).
+    Deliver {
+        /// Where the packet starts in the message buffer.
+        start: usize,
+        /// Its length.
+        len: usize,
+    },
     /// Well-formed but not accepted (unknown index, replay, failed authentication, ...).
     Dropped,
     /// Not a message at all: a TCP connection that sends this is closed.
@@ -223,13 +315,25 @@ async fn receive_data(
         });
         return Verdict::Dropped;
     }
-    // What the payload took on the wire, for the compression counters: the compressed
-    // block, or (uncompressed) the packet itself, whose padding is not payload.
     let compressed = flags.contains(PayloadFlags::COMPRESSED);
-    let wire_len = if compressed { range.len() } else { 0 };
-    let (payload_buf, payload_range) = if compressed {
-        match ferrotun_proto::decompress(&buf[range.clone()], &mut scratch.plain) {
-            Ok(n) => (&scratch.plain[..], 0..n),
+    if !compressed && shared.mode == Mode::Tun {
+        // The common case: an IP packet in place, for the caller to write (and merge).
+        return match check_ip(shared, &table, peer, &buf[range.clone()]) {
+            Some(n) => {
+                peer.traffic.received(n, n);
+                Verdict::Deliver {
+                    start: range.start,
+                    len: n,
+                }
+            }
+            None => Verdict::Dropped,
+        };
+    }
+    // Compressed payloads are decompressed behind 16 bytes of headroom; TAP frames are
+    // written (or switched) here.
+    let (payload, wire_len): (&mut [u8], usize) = if compressed {
+        match ferrotun_proto::decompress(&buf[range.clone()], &mut scratch.plain[HEADROOM..]) {
+            Ok(n) => (&mut scratch.plain[..HEADROOM + n], range.len()),
             Err(e) => {
                 shared.drop_for(peer, DropReason::Decompress, || {
                     format!("from peer {}: {e}", peer.name())
@@ -238,11 +342,15 @@ async fn receive_data(
             }
         }
     } else {
-        (&buf[..], range)
+        let len = range.len();
+        (&mut buf[range.start - HEADROOM..range.end], len)
     };
-    let payload = &payload_buf[payload_range];
     match shared.mode {
-        Mode::Tun => deliver_ip(shared, &table, peer, payload, wire_len).await,
+        Mode::Tun => {
+            if let Some(n) = check_ip(shared, &table, peer, &payload[HEADROOM..]) {
+                write_device(shared, peer, payload, n, wire_len).await;
+            }
+        }
         Mode::Tap => {
             deliver_frame(
                 shared,
@@ -259,19 +367,17 @@ async fn receive_data(
     Verdict::Accepted
 }
 
-async fn deliver_ip(
-    shared: &Shared,
-    table: &PeerTable,
-    peer: &Peer,
-    payload: &[u8],
-    wire_len: usize,
-) {
-    // Padding was added to a multiple of 16; the IP header says where the packet ends.
+/// Bytes before every payload handed to [`write_device`]: room for a virtio-net header.
+const HEADROOM: usize = DATA_HEADER_LEN;
+
+/// Checks a decrypted IP packet (padding trimmed by its header's length) and that its
+/// source is the sending peer's; returns its length.
+fn check_ip(shared: &Shared, table: &PeerTable, peer: &Peer, payload: &[u8]) -> Option<usize> {
     let Some(n) = ferrotun_proto::ip::ip_packet_len(payload) else {
-        shared.drop_packet(DropReason::Malformed, || {
+        shared.drop_for(peer, DropReason::Malformed, || {
             format!("non-IP payload from peer {}", peer.name())
         });
-        return;
+        return None;
     };
     let packet = &payload[..n];
     let owner = ip_source(packet).and_then(|a| table.routes.lookup(a).copied());
@@ -283,45 +389,42 @@ async fn deliver_ip(
                 ip_source(packet).map_or("?".into(), |a| a.to_string())
             )
         });
-        return;
+        return None;
     }
-    write_device(shared, peer, packet, wire_len).await;
+    Some(n)
 }
 
-/// Writes a packet to the device; `wire_len` is what it took on the wire if it came
-/// compressed, else 0.
-async fn write_device(shared: &Shared, peer: &Peer, packet: &[u8], wire_len: usize) {
-    let wire_len = if wire_len == 0 {
-        packet.len()
-    } else {
-        wire_len
-    };
-    match shared.tun.send(packet).await {
-        Ok(_) => peer.traffic.received(packet.len(), wire_len),
+/// Writes `buf[HEADROOM..HEADROOM + len]` to the device; `wire_len` is what it took on the
+/// wire (for the compression counters).
+async fn write_device(shared: &Shared, peer: &Peer, buf: &mut [u8], len: usize, wire_len: usize) {
+    match shared.tun.write(buf, HEADROOM, len).await {
+        Ok(()) => peer.traffic.received(len, wire_len),
         Err(e) => shared.drop_packet(DropReason::SendFailed, || {
             format!("writing to the device: {e}")
         }),
     }
 }
 
-/// TAP: a client writes every frame to its device; a server switches it.
+/// TAP: a client writes every frame to its device; a server switches it. The frame is at
+/// `buf[HEADROOM..]`.
 async fn deliver_frame(
     shared: &Shared,
     table: &PeerTable,
     peer: &Peer,
-    frame: &[u8],
+    buf: &mut [u8],
     wire_len: usize,
     now: Instant,
     fwd: &mut Forwarder,
 ) {
-    let Some((dst, src)) = switch::macs(frame) else {
-        shared.drop_packet(DropReason::Malformed, || {
+    let len = buf.len() - HEADROOM;
+    let Some((dst, src)) = switch::macs(&buf[HEADROOM..]) else {
+        shared.drop_for(peer, DropReason::Malformed, || {
             format!("short frame from peer {}", peer.name())
         });
         return;
     };
     if !shared.server {
-        write_device(shared, peer, frame, wire_len).await;
+        write_device(shared, peer, buf, len, wire_len).await;
         return;
     }
     shared.switch.learn(src, peer.slot, shared.stamp(now));
@@ -330,28 +433,26 @@ async fn deliver_frame(
     } else {
         shared.switch.lookup(&dst)
     };
-    let len = frame.len();
     match target {
-        Some(LOCAL) => write_device(shared, peer, frame, wire_len).await,
+        Some(LOCAL) => write_device(shared, peer, buf, len, wire_len).await,
         Some(slot) if slot == peer.slot => {
             peer.drops.count(DropReason::Hairpin);
             shared.drops.count(DropReason::Hairpin);
         }
         Some(slot) => {
-            peer.traffic
-                .received(len, if wire_len == 0 { len } else { wire_len });
+            peer.traffic.received(len, wire_len);
             if let Some(other) = table.get(slot) {
-                let buf = &mut fwd.forward;
-                buf[DATA_HEADER_LEN..DATA_HEADER_LEN + len].copy_from_slice(frame);
+                let f = &mut fwd.forward;
+                f[DATA_HEADER_LEN..DATA_HEADER_LEN + len].copy_from_slice(&buf[HEADROOM..]);
                 fwd.sealer
-                    .seal_and_send(shared, other, buf, len, now, false)
+                    .seal_and_send(shared, other, f, len, now, false)
                     .await;
             }
         }
         None => {
             // Broadcast, multicast or unknown: our own device and every other peer.
-            write_device(shared, peer, frame, wire_len).await;
-            fwd.forward[DATA_HEADER_LEN..DATA_HEADER_LEN + len].copy_from_slice(frame);
+            fwd.forward[DATA_HEADER_LEN..DATA_HEADER_LEN + len].copy_from_slice(&buf[HEADROOM..]);
+            write_device(shared, peer, buf, len, wire_len).await;
             flood_to_peers(
                 shared,
                 table,

@@ -1,10 +1,13 @@
 //! The send path: packets from the device to peers.
 //!
-//! Reads a batch of packets into buffers that leave room for the data header in front
-//! and for padding and the tag behind, picks each packet's peer, compresses it if the peer
-//! asked for compression and it shrinks, seals it in place and sends it. A packet for a
-//! peer without a usable keypair is staged (bounded) and the control task is asked for a
-//! handshake.
+//! Reads up to [`SLOTS`] packets per wakeup (with TUN offloads, TCP super-segments cut back
+//! into packets) into one arena with a fixed stride, each with room for the data header in
+//! front and for padding and the tag behind. Each packet is routed to its peer, compressed
+//! if the peer asked for it and it shrinks, and sealed in place. Then the batch goes out:
+//! consecutive datagrams of one size to one UDP address leave in one `sendmsg` with UDP
+//! GSO (moved together first: the arena's stride is larger than a datagram), TCP messages
+//! are appended to their connection. A packet for a peer without a usable keypair is
+//! staged (bounded) and the control task is asked for a handshake.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,19 +16,21 @@ use std::time::Instant;
 
 use anyhow::Context;
 use ferrotun_device::Mode;
+use ferrotun_device::vnet;
 use ferrotun_proto::session::{REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME};
 use ferrotun_proto::transport::TransportError;
 use ferrotun_proto::wire::DATA_HEADER_LEN;
 use ferrotun_proto::{Compressor, PayloadFlags};
 
 use super::switch::{self, LOCAL};
-use super::{PeerTable, Shared, TRAILER};
+use super::{PeerAddr, PeerTable, Shared, TRAILER};
 use crate::peer::{MAX_STAGED, Peer};
 use crate::routing::ip_destination;
 use crate::stats::DropReason;
 
-/// Packets read from the device per wakeup.
-const BATCH: usize = 32;
+/// Packets read from the device per wakeup: a 64 KiB super-segment is at most 46 packets
+/// of 1420 bytes, so one fits whole.
+pub const SLOTS: usize = 64;
 
 /// Per-task state for sealing: compressors of the peers that compress, and scratch.
 pub struct Sealer {
@@ -42,9 +47,10 @@ impl Sealer {
         }
     }
 
-    /// Seals the packet at `buf[16..16 + len]` for `peer` and sends it, or stages it.
-    /// `compress` is false for packets that are being switched on (they go as they came).
-    pub async fn seal_and_send(
+    /// Seals the packet at `buf[16..16 + len]` for `peer` in place; returns the datagram's
+    /// length and where it goes, or `None` when it was staged or dropped. `compress` is
+    /// false for packets that are being switched on (they go as they came).
+    pub fn seal(
         &mut self,
         shared: &Shared,
         peer: &Peer,
@@ -52,12 +58,12 @@ impl Sealer {
         len: usize,
         now: Instant,
         compress: bool,
-    ) {
+    ) -> Option<(usize, PeerAddr)> {
         let Some(ep) = peer.endpoint() else {
             shared.drop_for(peer, DropReason::NoEndpoint, || {
                 format!("peer {} has not connected yet", peer.name())
             });
-            return;
+            return None;
         };
         let mut flags = if shared.mode == Mode::Tap {
             PayloadFlags::ETHERNET
@@ -70,7 +76,7 @@ impl Sealer {
             .filter(|k| now < k.created() + REJECT_AFTER_TIME)
         else {
             stage(shared, peer, buf, len);
-            return;
+            return None;
         };
         let mut payload = len;
         if compress && peer.config.compress {
@@ -84,7 +90,6 @@ impl Sealer {
         }
         match kp.seal(flags, payload, buf, shared.mtu) {
             Ok(n) => {
-                shared.transmit(&buf[..n], &ep).await;
                 peer.traffic.sent(len, payload);
                 peer.notes.sent.store(shared.stamp(now), Ordering::Relaxed);
                 let stale = (kp.is_initiator() && now >= kp.created() + REKEY_AFTER_TIME)
@@ -93,18 +98,33 @@ impl Sealer {
                     peer.mark();
                     shared.wake.notify_one();
                 }
+                Some((n, ep))
             }
-            Err(TransportError::CounterExhausted) => {
-                if payload != len {
-                    // Staged packets are sealed later without compression: undo it.
-                    shared.drops.count(DropReason::QueueFull);
-                    return;
-                }
+            Err(TransportError::CounterExhausted) if payload == len => {
                 stage(shared, peer, buf, len);
+                None
             }
-            Err(e) => shared.drop_packet(DropReason::TooBig, || {
-                format!("sealing for {}: {e}", peer.name())
-            }),
+            Err(e) => {
+                shared.drop_for(peer, DropReason::TooBig, || {
+                    format!("sealing for {}: {e}", peer.name())
+                });
+                None
+            }
+        }
+    }
+
+    /// Seals and sends at once (for frames the TAP switch passes on).
+    pub async fn seal_and_send(
+        &mut self,
+        shared: &Shared,
+        peer: &Peer,
+        buf: &mut [u8],
+        len: usize,
+        now: Instant,
+        compress: bool,
+    ) {
+        if let Some((n, ep)) = self.seal(shared, peer, buf, len, now, compress) {
+            shared.transmit(&buf[..n], &ep).await;
         }
     }
 
@@ -138,18 +158,37 @@ fn stage(shared: &Shared, peer: &Peer, buf: &[u8], len: usize) {
 /// Reads packets from the device and sends them to their peers until the device fails.
 pub async fn send_path(shared: Arc<Shared>) -> anyhow::Result<()> {
     let frame = shared.frame_len();
-    let buf_len = DATA_HEADER_LEN + frame + TRAILER;
-    let mut bufs = vec![vec![0u8; buf_len]; BATCH];
-    let mut lens = [0usize; BATCH];
+    let stride = DATA_HEADER_LEN + frame + TRAILER;
+    let mut arena = vec![0u8; SLOTS * stride];
+    let mut lens = [0usize; SLOTS];
+    let mut sealed: Vec<Option<(usize, PeerAddr)>> = Vec::with_capacity(SLOTS);
     let mut sealer = Sealer::new(frame);
-    let mut flood = vec![0u8; buf_len];
+    let mut flood = vec![0u8; stride];
+    let mut reader = shared.tun.offloads().map(|_| vnet::Reader::new());
     let mut table_seen = 0usize;
     loop {
-        let n = shared
-            .tun
-            .recv_batch(&mut bufs, DATA_HEADER_LEN, &mut lens)
-            .await
-            .context("reading from the device")?;
+        let n = {
+            let mut chunks = arena.chunks_exact_mut(stride);
+            let mut slots: [&mut [u8]; SLOTS] =
+                std::array::from_fn(|_| chunks.next().expect("the arena holds SLOTS slots"));
+            let q = shared.tun.queue();
+            let r = match reader.as_mut() {
+                Some(r) => {
+                    r.recv_batch(q, &mut slots, DATA_HEADER_LEN, &mut lens)
+                        .await
+                }
+                None => q.recv_batch(&mut slots, DATA_HEADER_LEN, &mut lens).await,
+            };
+            match r {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    // A frame the offload reader could not parse: dropped, counted, go on.
+                    shared.drop_packet(DropReason::Malformed, || format!("from the device: {e}"));
+                    continue;
+                }
+                Err(e) => return Err(e).context("reading from the device"),
+            }
+        };
         let now = Instant::now();
         let table = shared.table.load_full();
         let addr = Arc::as_ptr(&table) as usize;
@@ -157,40 +196,97 @@ pub async fn send_path(shared: Arc<Shared>) -> anyhow::Result<()> {
             sealer.retain(&table);
             table_seen = addr;
         }
-        for (buf, &len) in bufs.iter_mut().zip(&lens).take(n) {
-            if len == 0 {
-                continue;
-            }
-            if len > frame {
+        sealed.clear();
+        for (i, &len) in lens.iter().enumerate().take(n) {
+            let buf = &mut arena[i * stride..(i + 1) * stride];
+            let out = if len == 0 {
+                None
+            } else if len > frame {
                 shared.drop_packet(DropReason::TooBig, || {
                     format!("{len}-byte packet from the device exceeds the MTU")
                 });
-                continue;
-            }
-            match shared.mode {
-                Mode::Tun => send_ip(&shared, &table, &mut sealer, buf, len, now).await,
-                Mode::Tap => {
-                    send_frame(&shared, &table, &mut sealer, buf, len, &mut flood, now).await
+                None
+            } else {
+                match shared.mode {
+                    Mode::Tun => route_ip(&shared, &table, buf, len)
+                        .and_then(|peer| sealer.seal(&shared, peer, buf, len, now, true)),
+                    Mode::Tap => {
+                        send_frame(&shared, &table, &mut sealer, buf, len, &mut flood, now).await
+                    }
                 }
-            }
+            };
+            sealed.push(out);
         }
+        transmit_batch(&shared, &mut arena, stride, &sealed).await;
     }
 }
 
-async fn send_ip(
+/// Sends a batch of sealed datagrams, `sealed[i]` at `arena[i * stride..]`: runs of one
+/// size to one UDP address go out in one GSO send, after being moved together.
+async fn transmit_batch(
     shared: &Shared,
-    table: &PeerTable,
-    sealer: &mut Sealer,
-    buf: &mut [u8],
-    len: usize,
-    now: Instant,
+    arena: &mut [u8],
+    stride: usize,
+    sealed: &[Option<(usize, PeerAddr)>],
 ) {
+    let mut i = 0;
+    while i < sealed.len() {
+        let Some((len, ep)) = &sealed[i] else {
+            i += 1;
+            continue;
+        };
+        let (len, start) = (*len, i * stride);
+        let dest = match ep {
+            PeerAddr::Udp(d) => *d,
+            PeerAddr::Tcp(_) => {
+                shared.transmit(&arena[start..start + len], ep).await;
+                i += 1;
+                continue;
+            }
+        };
+        let Some(udp) = &shared.udp else {
+            shared.drops.count(DropReason::SendFailed);
+            i += 1;
+            continue;
+        };
+        let max = udp.segments_for(len);
+        let mut total = len;
+        let mut j = i + 1;
+        while j < sealed.len() && j - i < max {
+            match &sealed[j] {
+                Some((l, PeerAddr::Udp(d))) if *d == dest && *l <= len => {
+                    let l = *l;
+                    arena.copy_within(j * stride..j * stride + l, start + total);
+                    total += l;
+                    j += 1;
+                    if l < len {
+                        break; // only the last segment may be shorter
+                    }
+                }
+                _ => break,
+            }
+        }
+        let segment = (j - i > 1).then_some(len);
+        if let Err(e) = udp.send(dest, &arena[start..start + total], segment).await {
+            shared.drop_packet(DropReason::SendFailed, || format!("sending to {dest}: {e}"));
+        }
+        i = j;
+    }
+}
+
+fn route_ip<'t>(
+    shared: &Shared,
+    table: &'t PeerTable,
+    buf: &[u8],
+    len: usize,
+) -> Option<&'t Arc<Peer>> {
     let packet = &buf[DATA_HEADER_LEN..DATA_HEADER_LEN + len];
     let Some(dst) = ip_destination(packet) else {
         shared.drops.count(DropReason::NoRoute);
-        return;
+        return None;
     };
-    let Some(peer) = table.routes.lookup(dst).and_then(|s| table.get(*s)) else {
+    let peer = table.routes.lookup(dst).and_then(|s| table.get(*s));
+    if peer.is_none() {
         // The host's own multicast (router solicitations, MLD) is routine: counted quietly.
         if dst.is_multicast() {
             shared.drops.count(DropReason::NoRoute);
@@ -199,13 +295,12 @@ async fn send_ip(
                 format!("no peer's allowed_ips covers {dst}")
             });
         }
-        return;
-    };
-    sealer
-        .seal_and_send(shared, peer, buf, len, now, true)
-        .await;
+    }
+    peer
 }
 
+/// TAP: a client sends everything to its server; a server switches by MAC. Frames that
+/// flood are sent from here; a unicast frame is sealed in place and returned for the batch.
 async fn send_frame(
     shared: &Shared,
     table: &PeerTable,
@@ -214,19 +309,14 @@ async fn send_frame(
     len: usize,
     flood: &mut [u8],
     now: Instant,
-) {
+) -> Option<(usize, PeerAddr)> {
     let Some((dst, src)) = switch::macs(&buf[DATA_HEADER_LEN..DATA_HEADER_LEN + len]) else {
         shared.drops.count(DropReason::Malformed);
-        return;
+        return None;
     };
     if !shared.server {
-        // A client has one port: the server.
-        if let Some(peer) = table.peers().next() {
-            sealer
-                .seal_and_send(shared, peer, buf, len, now, true)
-                .await;
-        }
-        return;
+        let peer = table.peers().next()?;
+        return sealer.seal(shared, peer, buf, len, now, true);
     }
     shared.switch.learn(src, LOCAL, shared.stamp(now));
     let target = if switch::is_group(&dst) {
@@ -234,17 +324,16 @@ async fn send_frame(
     } else {
         shared.switch.lookup(&dst)
     };
-    match target {
-        Some(LOCAL) => shared.drops.count(DropReason::Hairpin),
-        Some(slot) => match table.get(slot) {
-            Some(peer) => {
-                sealer
-                    .seal_and_send(shared, peer, buf, len, now, true)
-                    .await
-            }
-            None => flood_to_peers(shared, table, sealer, buf, len, flood, None, now).await,
-        },
-        None => flood_to_peers(shared, table, sealer, buf, len, flood, None, now).await,
+    match target.map(|slot| (slot, table.get(slot))) {
+        Some((LOCAL, _)) => {
+            shared.drops.count(DropReason::Hairpin);
+            None
+        }
+        Some((_, Some(peer))) => sealer.seal(shared, peer, buf, len, now, true),
+        _ => {
+            flood_to_peers(shared, table, sealer, buf, len, flood, None, now).await;
+            None
+        }
     }
 }
 

@@ -226,13 +226,21 @@ async fn read_loop(
             // Garbage ends a connection; a well-formed message that is merely not
             // accepted (a client's data under keys from before our restart) does not: the
             // handshake deadline still applies to a connection that never authenticates.
-            if receive_one(shared, frame, Source::Tcp(conn), &mut scratch).await
-                == Verdict::Malformed
-            {
-                shared.drop_packet(DropReason::TcpClosed, || {
-                    format!("{} sent garbage", conn.remote)
-                });
-                return Err("garbage".into());
+            match receive_one(shared, frame, Source::Tcp(conn), &mut scratch).await {
+                Verdict::Malformed => {
+                    shared.drop_packet(DropReason::TcpClosed, || {
+                        format!("{} sent garbage", conn.remote)
+                    });
+                    return Err("garbage".into());
+                }
+                Verdict::Deliver { start, len } => {
+                    if let Err(e) = shared.tun.write(frame, start, len).await {
+                        shared.drop_packet(DropReason::SendFailed, || {
+                            format!("writing to the device: {e}")
+                        });
+                    }
+                }
+                Verdict::Accepted | Verdict::Dropped => {}
             }
             if conn.is_closed() {
                 return Ok(());
