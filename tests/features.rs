@@ -564,3 +564,75 @@ fn show_reports_the_bytes_that_crossed() {
     raw.read_to_string(&mut reply).unwrap();
     assert!(reply.starts_with("error: unknown request"), "{reply}");
 }
+
+/// The uid and every thread's effective capabilities of a process.
+fn creds(pid: u32) -> (u32, Vec<u64>) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    let caps = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|t| {
+            let s = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+            let v = s.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap();
+            u64::from_str_radix(v.trim(), 16).unwrap()
+        })
+        .collect();
+    (uid, caps)
+}
+
+#[test]
+fn after_setup_both_sides_run_as_nobody_without_capabilities() {
+    let lab = Lab::star(3).unwrap();
+    let cfg = Configs::new();
+    let (a, b, d) = (lab.a(), lab.b(), lab.host("c").unwrap());
+    let nobody = "mtu = 1420\nuser = \"65534\"\ngroup = \"65534\"";
+    let scfg = cfg.variant(
+        "server.toml",
+        "nobody-server.toml",
+        &[("mtu = 1420", nobody)],
+    );
+    let ccfg = cfg.variant(
+        "client.toml",
+        "nobody-client.toml",
+        &[("mtu = 1420", nobody)],
+    );
+    let carol_cfg = carol(&cfg);
+    // The server rereads its files on SIGHUP as nobody: they must be readable by it.
+    let st = std::process::Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(cfg.path(""))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut server = start_server(&lab, a, &scfg);
+    let client = start_client(&lab, b, "client", &ccfg);
+    wait_for_ping(b.ns(), addr("10.77.0.1"), UP).unwrap();
+    for (who, pid) in [("server", server.pid()), ("client", client.pid())] {
+        let (uid, caps) = creds(pid);
+        assert_eq!(uid, 65534, "{who} runs as nobody");
+        assert!(
+            caps.iter().all(|c| *c == 0),
+            "{who}'s threads keep capabilities: {caps:x?}"
+        );
+    }
+    transfer(a.ns(), "10.77.0.1:0", b.ns(), 20 * MB);
+    // Reload still works unprivileged: a new peer gets in.
+    std::fs::copy(cfg.path("carol.peer"), cfg.path("peers/carol.toml")).unwrap();
+    server.signal(Signal::Hup).unwrap();
+    server
+        .wait_for_output("SIGHUP: peers reloaded", Duration::from_secs(5))
+        .unwrap();
+    let _carol = start_client(&lab, d, "carol", &carol_cfg);
+    wait_for_ping(d.ns(), addr("10.77.0.1"), UP).expect("carol gets in after a reload as nobody");
+    assert_eq!(
+        show_json(&lab, "server")["peers"].as_array().unwrap().len(),
+        3
+    );
+    assert_eq!(stop(&mut server), 0, "{}", server.stderr());
+    assert!(!has_interface(a, "ftun0"));
+}

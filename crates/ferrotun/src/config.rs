@@ -165,6 +165,10 @@ struct RawInterface {
     control_socket: Option<Spanned<String>>,
     #[serde(default)]
     offload: Option<bool>,
+    #[serde(default)]
+    user: Option<Spanned<String>>,
+    #[serde(default)]
+    group: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -272,6 +276,8 @@ pub struct InterfaceConfig {
     pub control_socket: Option<PathBuf>,
     /// Use TUN segmentation offloads and UDP GSO/GRO where the kernel has them.
     pub offload: bool,
+    /// Who to run as once the device, the sockets and the `up` hook are set up.
+    pub run_as: Option<crate::privs::RunAs>,
 }
 
 /// Shell commands run after the device is configured and before it is removed.
@@ -481,6 +487,19 @@ fn parse_interface(src: &Source, raw: RawInterface) -> Result<InterfaceConfig, C
             ),
         )
     })?;
+    let run_as = match (&raw.user, &raw.group) {
+        (None, None) => None,
+        (None, Some(g)) => return Err(src.at(g, "group needs user as well")),
+        (Some(u), g) => {
+            let (uid, primary) =
+                crate::privs::lookup_user(u.get_ref()).map_err(|e| src.at(u, e))?;
+            let gid = match g {
+                Some(g) => crate::privs::lookup_group(g.get_ref()).map_err(|e| src.at(g, e))?,
+                None => primary,
+            };
+            Some(crate::privs::RunAs { uid, gid })
+        }
+    };
     let mac = match &raw.mac {
         None => None,
         Some(m) => {
@@ -507,6 +526,7 @@ fn parse_interface(src: &Source, raw: RawInterface) -> Result<InterfaceConfig, C
         mac,
         control_socket: raw.control_socket.map(|s| src.resolve(s.get_ref())),
         offload: raw.offload.unwrap_or(true),
+        run_as,
     })
 }
 

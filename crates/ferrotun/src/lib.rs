@@ -15,6 +15,7 @@ pub mod engine;
 pub mod hooks;
 pub mod iface;
 pub mod peer;
+pub mod privs;
 pub mod routing;
 pub mod run;
 pub mod stats;

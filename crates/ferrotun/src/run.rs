@@ -6,7 +6,7 @@
 //! socket in use, a failed `up` hook, a data path error, a lost server with
 //! `persist = false`), 2 for a bad config (checked before anything is created).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -22,6 +22,7 @@ use crate::ctlsock::{self, ControlSocket};
 use crate::engine::client::ClientSettings;
 use crate::engine::{Engine, EngineConfig, all_routes, build_table};
 use crate::iface::Interface;
+use crate::privs;
 
 /// UDP socket buffer size we ask for: room for bursts at several Gbit/s.
 const SOCKET_BUFFER: usize = 4 << 20;
@@ -87,8 +88,22 @@ pub fn run(role: Role, path: &Path, socket: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Everything that needs privileges happens before the runtime's threads exist, so that
+    // dropping them afterwards covers the whole process.
+    let setup = match setup(role, plan, socket) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            return ExitCode::from(1);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(
+            std::env::var("FT_WORKERS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2),
+        )
         .thread_name("ferrotun")
         .enable_all()
         .build()
@@ -99,7 +114,7 @@ pub fn run(role: Role, path: &Path, socket: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(serve(role, plan, socket)) {
+    match runtime.block_on(serve(setup)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -201,7 +216,19 @@ fn client_udp() -> anyhow::Result<std::net::UdpSocket> {
         .or_else(|_| bind_udp(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)))
 }
 
-async fn serve(role: Role, plan: Plan, socket: Option<PathBuf>) -> anyhow::Result<()> {
+/// What setup made, for the runtime to run.
+struct Setup {
+    role: Role,
+    config: PathBuf,
+    iface: Interface,
+    control: ControlSocket,
+    engine: EngineConfig,
+    peers: usize,
+}
+
+/// Binds the sockets, brings the interface up (hooks included), binds the control socket
+/// and drops privileges; no runtime yet.
+fn setup(role: Role, plan: Plan, socket: Option<PathBuf>) -> anyhow::Result<Setup> {
     let Plan {
         config,
         interface,
@@ -215,12 +242,16 @@ async fn serve(role: Role, plan: Plan, socket: Option<PathBuf>) -> anyhow::Resul
     // Resolve before creating anything: an unresolvable endpoint with persist = false
     // leaves no interface; with persist = true the connector keeps trying.
     let endpoint = match &client {
-        Some(c) => match crate::engine::client::resolve(&c.endpoint).await {
-            Ok(a) => Some(crate::engine::canonical(a)),
-            Err(e) if c.persist => {
-                tracing::warn!(endpoint = %c.endpoint, "resolving the server: {e}; will keep trying");
+        Some(c) => match (c.endpoint.host.as_str(), c.endpoint.port)
+            .to_socket_addrs()
+            .map(|mut a| a.next())
+        {
+            Ok(Some(a)) => Some(crate::engine::canonical(a)),
+            Ok(None) | Err(_) if c.persist => {
+                tracing::warn!(endpoint = %c.endpoint, "cannot resolve the server yet; will keep trying");
                 None
             }
+            Ok(None) => anyhow::bail!("resolving the server {}: no address", c.endpoint),
             Err(e) => anyhow::bail!("resolving the server {}: {e}", c.endpoint),
         },
         None => None,
@@ -241,7 +272,7 @@ async fn serve(role: Role, plan: Plan, socket: Option<PathBuf>) -> anyhow::Resul
     let socket_path = socket
         .or_else(|| interface.control_socket.clone())
         .unwrap_or_else(|| ctlsock::default_path(iface.name()));
-    let mut control = ControlSocket::bind(&socket_path)?;
+    let control = ControlSocket::bind(&socket_path)?;
     if let (Some(ep), Some(c)) = (endpoint, &client)
         && c.transport == Transport::Udp
         && let Some(p) = table.get(0)
@@ -252,40 +283,86 @@ async fn serve(role: Role, plan: Plan, socket: Option<PathBuf>) -> anyhow::Resul
         .take_queues()
         .pop()
         .context("the device has no queue")?;
-    let mut engine = Engine::start(EngineConfig {
-        mode: iface.mode(),
-        server: role == Role::Server,
-        mtu: iface.mtu(),
-        interface: iface.name().to_owned(),
-        identity,
-        backend,
-        table,
-        udp,
-        tcp,
-        tun: queue,
-        tun_offloads: iface.offloads(),
-        udp_offload: interface.offload,
-        client,
-    })?;
+    match interface.run_as {
+        Some(to) => {
+            privs::drop_to(to)
+                .with_context(|| format!("switching to uid {} gid {}", to.uid, to.gid))?;
+            tracing::info!(uid = to.uid, gid = to.gid, "dropped privileges");
+        }
+        // Started unprivileged with ambient capabilities (a systemd unit): keep none.
+        None if unsafe_geteuid() != 0 && privs::has_capabilities() => {
+            privs::clear_capabilities().context("dropping capabilities")?;
+            tracing::info!("dropped capabilities");
+        }
+        None => {}
+    }
+    if interface.run_as.is_some() && privs::has_capabilities() {
+        anyhow::bail!("capabilities remain after switching user; refusing to run with them");
+    }
+    Ok(Setup {
+        role,
+        config,
+        engine: EngineConfig {
+            mode: iface.mode(),
+            server: role == Role::Server,
+            mtu: iface.mtu(),
+            interface: iface.name().to_owned(),
+            identity,
+            backend,
+            table,
+            udp,
+            tcp,
+            tun: queue,
+            tun_offloads: iface.offloads(),
+            udp_offload: interface.offload,
+            client,
+        },
+        iface,
+        control,
+        peers: peers.len(),
+    })
+}
+
+fn unsafe_geteuid() -> u32 {
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    unsafe { libc::geteuid() }
+}
+
+async fn serve(setup: Setup) -> anyhow::Result<()> {
+    let Setup {
+        role,
+        config,
+        iface,
+        mut control,
+        engine,
+        peers,
+    } = setup;
+    let mut engine = Engine::start(engine)?;
     let _server = control.serve(engine.shared.clone())?;
     tracing::info!(
         interface = iface.name(),
         listening = ?engine.shared.listening.iter().map(|(t, a)| format!("{t} {a}")).collect::<Vec<_>>(),
         control = %control.path().display(),
-        peers = peers.len(),
+        peers,
         "tunnel running"
     );
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    privs::sd_notify("READY=1");
     let result = loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break Ok(()) }
             _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break Ok(()) }
-            _ = hup.recv() => reload(role, &config, &engine, &iface),
+            _ = hup.recv() => {
+                privs::sd_notify("RELOADING=1");
+                reload(role, &config, &engine, &iface);
+                privs::sd_notify("READY=1");
+            }
             e = engine.failed() => break Err(e),
         }
     };
+    privs::sd_notify("STOPPING=1");
     engine.stop().await;
     drop(control);
     iface.down();
