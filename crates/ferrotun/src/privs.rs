@@ -170,8 +170,10 @@ pub fn capset_zero() -> io::Result<()> {
     if rc == 0 {
         Ok(())
     } else {
-        Err(io::Error::other(format!("capset: {}", io::Error::last_os_error()))),
-        ))
+        Err(io::Error::other(format!(
+            "capset: {}",
+            io::Error::last_os_error()
+        )))
     }
 }
 
