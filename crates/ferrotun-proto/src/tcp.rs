@@ -92,6 +92,17 @@ impl StreamDecoder {
         }
     }
 
+    /// A decoder whose buffer holds `capacity` bytes (at least room for two maximal
+    /// frames), so that one read from the socket can bring many frames: a bulk transfer
+    /// then costs one system call per buffer, not per two frames.
+    pub fn with_capacity(max_frame: usize, capacity: usize) -> Self {
+        let mut d = Self::new(max_frame);
+        if capacity > d.buf.len() {
+            d.buf = vec![0u8; capacity].into_boxed_slice();
+        }
+        d
+    }
+
     /// The longest frame accepted.
     pub fn max_frame(&self) -> usize {
         self.max_frame
@@ -141,6 +152,19 @@ impl StreamDecoder {
         }
     }
 
+    /// Like [`next_frame`](Self::next_frame), but returns where the frame lies in
+    /// [`buffer_mut`](Self::buffer_mut), so that a caller can take several frames and then
+    /// work on all of them in place. The ranges stay valid until the next
+    /// [`spare`](Self::spare) or [`push`](Self::push), which may move unconsumed bytes.
+    pub fn next_frame_range(&mut self) -> Result<Option<Range<usize>>, FrameError> {
+        self.next_range()
+    }
+
+    /// The decoder's buffer, in which [`next_frame_range`](Self::next_frame_range) points.
+    pub fn buffer_mut(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+
     fn next_range(&mut self) -> Result<Option<Range<usize>>, FrameError> {
         if let Some(e) = self.failed {
             return Err(e);
@@ -187,6 +211,31 @@ mod tests {
         let n = encode_prefix(&mut b, msg.len()).unwrap();
         assert_eq!(n, b.len());
         b
+    }
+
+    #[test]
+    fn ranges_from_a_large_buffer_match_the_frames() {
+        let msgs: Vec<Vec<u8>> = (1..200u8).map(|i| vec![i; usize::from(i) * 3]).collect();
+        let stream: Vec<u8> = msgs.iter().flat_map(|m| frame(m)).collect();
+        let mut d = StreamDecoder::with_capacity(600, 64 * 1024);
+        assert!(d.spare().len() >= 64 * 1024 - 1);
+        let mut fed = 0;
+        let mut got = Vec::new();
+        while fed < stream.len() {
+            fed += d.push(&stream[fed..]);
+            let mut ranges = Vec::new();
+            while let Some(r) = d.next_frame_range().unwrap() {
+                ranges.push(r);
+            }
+            let buf = d.buffer_mut();
+            for r in ranges {
+                got.push(buf[r].to_vec());
+            }
+        }
+        assert_eq!(got, msgs);
+        // A small capacity still leaves room for two maximal frames.
+        let small = StreamDecoder::with_capacity(600, 10);
+        assert_eq!(small.buf.len(), 2 * (PREFIX_LEN + 600));
     }
 
     #[test]

@@ -62,11 +62,14 @@ const RX_BUFFERS: usize = 8;
 const RX_BUFFER_LEN: usize = 65536;
 
 /// A packet decrypted in place, to be written to the device: buffer, start, length.
-#[derive(Clone, Copy)]
-struct Delivery {
-    buf: usize,
-    start: usize,
-    len: usize,
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery {
+    /// Which buffer.
+    pub buf: usize,
+    /// Where the packet starts in it (at least 16 bytes in).
+    pub start: usize,
+    /// Its length.
+    pub len: usize,
 }
 
 /// Reads datagrams from the UDP socket until it fails: several buffers per system call,
@@ -117,45 +120,58 @@ pub async fn udp_receive_path(shared: Arc<Shared>) -> anyhow::Result<()> {
                 at = end;
             }
         }
-        if deliveries.is_empty() {
-            continue;
-        }
-        match writer.as_mut() {
-            Some(w) => {
-                // Disjoint slices, one per packet, each with its 16 bytes of headroom.
-                let mut packets: Vec<&mut [u8]> = Vec::with_capacity(deliveries.len());
-                lens.clear();
-                let mut rest = deliveries.iter().peekable();
-                for (k, buf) in bufs.iter_mut().enumerate() {
-                    let mut tail: &mut [u8] = buf.as_mut_slice();
-                    let mut taken = 0;
-                    while let Some(d) = rest.next_if(|d| d.buf == k) {
-                        let (_, from) =
-                            std::mem::take(&mut tail).split_at_mut(d.start - HEADROOM - taken);
-                        let (pkt, after) = from.split_at_mut(HEADROOM + d.len);
-                        taken = d.start + d.len;
-                        tail = after;
-                        packets.push(pkt);
-                        lens.push(d.len);
-                    }
+        write_deliveries(&shared, writer.as_mut(), &mut bufs, &deliveries, &mut lens).await;
+    }
+}
+
+/// Writes packets that were decrypted in place, each at `bufs[d.buf][d.start..]` with 16
+/// bytes of headroom before it: all in one [`vnet::Writer`] batch (merged into
+/// super-segments where possible) when the device has offloads, else one by one.
+pub async fn write_deliveries<B: AsMut<[u8]>>(
+    shared: &Shared,
+    writer: Option<&mut ferrotun_device::vnet::Writer>,
+    bufs: &mut [B],
+    deliveries: &[Delivery],
+    lens: &mut Vec<usize>,
+) {
+    if deliveries.is_empty() {
+        return;
+    }
+    match writer {
+        Some(w) => {
+            // Disjoint slices, one per packet, each with its headroom.
+            let mut packets: Vec<&mut [u8]> = Vec::with_capacity(deliveries.len());
+            lens.clear();
+            let mut rest = deliveries.iter().peekable();
+            for (k, buf) in bufs.iter_mut().enumerate() {
+                let mut tail: &mut [u8] = buf.as_mut();
+                let mut taken = 0;
+                while let Some(d) = rest.next_if(|d| d.buf == k) {
+                    let (_, from) =
+                        std::mem::take(&mut tail).split_at_mut(d.start - HEADROOM - taken);
+                    let (pkt, after) = from.split_at_mut(HEADROOM + d.len);
+                    taken = d.start + d.len;
+                    tail = after;
+                    packets.push(pkt);
+                    lens.push(d.len);
                 }
-                if let Err(e) = w
-                    .send_batch(shared.tun.queue(), &mut packets, HEADROOM, &lens)
-                    .await
-                {
+            }
+            if let Err(e) = w
+                .send_batch(shared.tun.queue(), &mut packets, HEADROOM, lens)
+                .await
+            {
+                shared.drop_packet(DropReason::SendFailed, || {
+                    format!("writing to the device: {e}")
+                });
+            }
+        }
+        None => {
+            for d in deliveries {
+                let buf = &mut bufs[d.buf].as_mut()[d.start - HEADROOM..d.start + d.len];
+                if let Err(e) = shared.tun.write(buf, HEADROOM, d.len).await {
                     shared.drop_packet(DropReason::SendFailed, || {
                         format!("writing to the device: {e}")
                     });
-                }
-            }
-            None => {
-                for d in &deliveries {
-                    let buf = &mut bufs[d.buf][d.start - HEADROOM..d.start + d.len];
-                    if let Err(e) = shared.tun.write(buf, HEADROOM, d.len).await {
-                        shared.drop_packet(DropReason::SendFailed, || {
-                            format!("writing to the device: {e}")
-                        });
-                    }
                 }
             }
         }

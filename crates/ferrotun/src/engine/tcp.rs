@@ -13,17 +13,19 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use ferrotun_device::vnet;
 use ferrotun_proto::StreamDecoder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
-use super::receive::{ReceiveScratch, Verdict};
+use super::receive::{Delivery, ReceiveScratch, Verdict, write_deliveries};
 use super::{Shared, Source, receive_one};
 use crate::stats::DropReason;
 
@@ -197,8 +199,14 @@ async fn read_loop(
     conn: &Arc<TcpConn>,
     mut r: OwnedReadHalf,
 ) -> Result<(), String> {
-    let mut decoder = StreamDecoder::new(shared.max_message());
+    // One read takes up to this much: many frames per system call in a bulk transfer.
+    const READ_BUFFER: usize = 256 * 1024;
+    let mut decoder = StreamDecoder::with_capacity(shared.max_message(), READ_BUFFER);
     let mut scratch = ReceiveScratch::new(shared);
+    let mut writer = shared.tun.offloads().map(vnet::Writer::new);
+    let mut frames: Vec<Range<usize>> = Vec::with_capacity(256);
+    let mut deliveries: Vec<Delivery> = Vec::with_capacity(256);
+    let mut lens: Vec<usize> = Vec::with_capacity(256);
     let deadline = tokio::time::Instant::now() + HANDSHAKE_DEADLINE;
     loop {
         let spare = decoder.spare();
@@ -214,37 +222,48 @@ async fn read_loop(
             return Ok(());
         }
         decoder.commit(n);
+        frames.clear();
         loop {
-            let frame = match decoder.next_frame() {
-                Ok(Some(f)) => f,
+            match decoder.next_frame_range() {
+                Ok(Some(r)) => frames.push(r),
                 Ok(None) => break,
                 Err(e) => {
                     shared.drop_packet(DropReason::TcpClosed, || format!("{}: {e}", conn.remote));
                     return Err(e.to_string());
                 }
-            };
+            }
+        }
+        deliveries.clear();
+        let buf = decoder.buffer_mut();
+        for r in &frames {
             // Garbage ends a connection; a well-formed message that is merely not
             // accepted (a client's data under keys from before our restart) does not: the
             // handshake deadline still applies to a connection that never authenticates.
-            match receive_one(shared, frame, Source::Tcp(conn), &mut scratch).await {
+            match receive_one(shared, &mut buf[r.clone()], Source::Tcp(conn), &mut scratch).await {
                 Verdict::Malformed => {
                     shared.drop_packet(DropReason::TcpClosed, || {
                         format!("{} sent garbage", conn.remote)
                     });
                     return Err("garbage".into());
                 }
-                Verdict::Deliver { start, len } => {
-                    if let Err(e) = shared.tun.write(frame, start, len).await {
-                        shared.drop_packet(DropReason::SendFailed, || {
-                            format!("writing to the device: {e}")
-                        });
-                    }
-                }
+                Verdict::Deliver { start, len } => deliveries.push(Delivery {
+                    buf: 0,
+                    start: r.start + start,
+                    len,
+                }),
                 Verdict::Accepted | Verdict::Dropped => {}
             }
-            if conn.is_closed() {
-                return Ok(());
-            }
+        }
+        write_deliveries(
+            shared,
+            writer.as_mut(),
+            &mut [&mut *buf],
+            &deliveries,
+            &mut lens,
+        )
+        .await;
+        if conn.is_closed() {
+            return Ok(());
         }
     }
 }
