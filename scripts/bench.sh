@@ -6,10 +6,11 @@
 # or in iperf3's context is not counted).
 #
 # Paths: the raw veth, ferrotun UDP/TUN, TCP/TUN and UDP/TAP, from the example configs.
+# Then memory: a server's resident set with no peers and with 1000 idle peers.
 # With --peers, the other tunnels of ../shared/bench/peers.sh are measured after it in the
 # same run (it installs what it can), so ratios come from one run.
 #
-# usage: sudo ./scripts/bench.sh [--peers [NAME...]] [--secs N] [--only raw,udp,tcp,tap]
+# usage: sudo ./scripts/bench.sh [--peers [NAME...]] [--secs N] [--only raw,udp,tcp,tap,mem]
 #        env: OFFLOAD=off runs ferrotun without TUN/UDP offloads (for comparisons).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +18,7 @@ ROOT=$PWD
 SECS=8
 PEERS=0
 PEER_NAMES=()
-ONLY="raw,udp,tcp,tap"
+ONLY="raw,udp,tcp,tap,mem"
 while [ $# -gt 0 ]; do
   case "$1" in
     --peers) PEERS=1; shift; while [ $# -gt 0 ] && [[ "$1" != --* ]]; do PEER_NAMES+=("$1"); shift; done ;;
@@ -155,12 +156,45 @@ echo "bench.sh: $SECS s per figure" >&2
 [[ ",$ONLY," == *,tcp,* ]] && run_ferrotun "ferrotun TCP, TUN" server.toml client-tcp.toml
 [[ ",$ONLY," == *,tap,* ]] && run_ferrotun "ferrotun UDP, TAP" server-tap.toml client-tap.toml
 
+# Memory: a server's resident set with no peers and with 1000 configured (idle) peers.
+memory() {
+  local dir=$W/mem
+  rm -rf "$dir"; mkdir -p "$dir/peers" "$dir/keys"
+  cp "$W/keys/server.key" "$dir/keys/"
+  sed -e 's|"10.77.0.1/24", "fd77::1/64"|"10.77.0.1/16", "fd77::1/64"|' -e 's|^udp = .*|udp = "[::]:51999"|' config/server.toml > "$dir/server.toml"
+  rss() { # peers -> kB
+    ip netns exec "$A" "$SERVER" -q -c "$dir/server.toml" --socket "$dir/m.sock" 2>/dev/null &
+    local p=$! kb=""
+    for _ in $(seq 1 50); do [ -S "$dir/m.sock" ] && break; sleep 0.1; done
+    sleep 0.3
+    kb=$(awk '/VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null)
+    kill "$p" 2>/dev/null; wait "$p" 2>/dev/null || true
+    echo "${kb:-0}"
+  }
+  local r0 r1
+  r0=$(rss)
+  python3 - "$dir/peers" <<'PY'
+import base64, os, sys
+for i in range(1000):
+    a = 2 + i
+    key = base64.b64encode(os.urandom(32)).decode()
+    open(os.path.join(sys.argv[1], "p%04d.toml" % i), "w").write(
+        'public_key = "%s"\nallowed_ips = ["10.77.%d.%d/32"]\n' % (key, a // 250, a % 250 + 1))
+PY
+  r1=$(rss)
+  MEM="server RSS: $((r0 / 1024)).$(( (r0 % 1024) * 10 / 1024 )) MiB with no peers, $((r1 / 1024)).$(( (r1 % 1024) * 10 / 1024 )) MiB with 1000 idle peers ($(( (r1 - r0) * 1024 / 1000 )) bytes per peer)"
+  echo "  $MEM" >&2
+}
+MEM=""
+[[ ",$ONLY," == *,mem,* ]] && memory
+
 echo
 echo "$(date -u +%Y-%m-%d), kernel $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores, iperf3 $SECS s per figure"
 echo
 echo "| path | 1 stream Gbit/s | 4 streams Gbit/s | RTT ms | tunnel CPU s/GB |"
 echo "|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
+[ -n "$MEM" ] && { echo; echo "$MEM"; }
 
 if [ $PEERS -eq 1 ]; then
   cleanup
