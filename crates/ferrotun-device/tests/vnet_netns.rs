@@ -182,6 +182,11 @@ fn udp_segmentation_crosses_the_forwarder_as_super_segments() {
 #[test]
 fn a_read_error_after_placed_packets_waits_for_the_next_call() {
     let ns = ferrotun_lab::Netns::new("vnerr").expect("create a namespace (run as root)");
+    // Without IPv6 the kernel sends nothing of its own into the device: a TUN device does
+    // get a link-local address here, and its router solicitation raced the datagrams.
+    for key in ["net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"] {
+        ns.sysctl(key, "1").expect("switch IPv6 off");
+    }
     ns.run(|| {
         let dev = ferrotun_device::DeviceBuilder::new("fve", ferrotun_device::Mode::Tun)
             .vnet_hdr(true)
@@ -201,8 +206,6 @@ fn a_read_error_after_placed_packets_waits_for_the_next_call() {
             let mut reader = ferrotun_device::vnet::Reader::new();
             let mut bufs = vec![vec![0u8; 200]; 8];
             let mut lens = [0usize; 8];
-            // The device has no IPv6 address (a TUN device gets no link-local one), so
-            // the kernel sends nothing of its own that could come first.
             let sock = UdpSocket::bind("10.98.0.1:0").unwrap();
             sock.send_to(&[1u8; 20], "10.98.0.2:9").unwrap();
             sock.send_to(&[2u8; 1000], "10.98.0.2:9").unwrap();
