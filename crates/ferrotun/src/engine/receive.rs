@@ -29,6 +29,8 @@ use crate::stats::DropReason;
 
 /// Scratch a receiving task needs: room to decompress, and to re-seal frames it switches.
 pub struct ReceiveScratch {
+    /// The time to stamp this batch's messages with (one clock read per batch).
+    pub now: Instant,
     plain: Vec<u8>,
     fwd: Forwarder,
 }
@@ -46,6 +48,7 @@ impl ReceiveScratch {
         let frame = shared.frame_len();
         let sealed = DATA_HEADER_LEN + frame + TRAILER;
         ReceiveScratch {
+            now: Instant::now(),
             plain: vec![0u8; HEADROOM + shared.plain_len()],
             fwd: Forwarder {
                 forward: vec![0u8; sealed],
@@ -101,6 +104,7 @@ pub async fn udp_receive_path(shared: Arc<Shared>) -> anyhow::Result<()> {
             }
         };
         deliveries.clear();
+        scratch.now = Instant::now();
         for (k, meta) in metas.iter().enumerate().take(n) {
             let src = Source::Udp(canonical(meta.addr));
             let stride = meta.stride.max(1);
@@ -258,7 +262,7 @@ async fn receive_data(
             return Verdict::Malformed;
         }
     };
-    let now = Instant::now();
+    let now = scratch.now;
     let table = shared.table.load();
     let Some(peer) = table.get(SessionIndex::of_receiver(receiver).slot()) else {
         shared.drop_packet(DropReason::UnknownIndex, || {

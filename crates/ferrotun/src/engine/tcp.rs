@@ -234,6 +234,7 @@ async fn read_loop(
             }
         }
         deliveries.clear();
+        scratch.now = std::time::Instant::now();
         let buf = decoder.buffer_mut();
         for r in &frames {
             // Garbage ends a connection; a well-formed message that is merely not
