@@ -1,5 +1,5 @@
-//! Writing: a batch of plain IP packets becomes as few device writes as the kernel's GRO
-//! rules allow.
+//! Writing: a batch of plain IP packets (TUN) or Ethernet frames (TAP) becomes as few
+//! device writes as the kernel's GRO rules allow.
 //!
 //! A TCP segment joins the super-segment its flow has open when everything the kernel
 //! compares before merging is equal (`tcp_gro_receive()` in `net/ipv4/tcp_offload.c`,
@@ -21,7 +21,12 @@
 //! - no IPv4 options and no fragments, no IPv6 extension headers;
 //! - the checksums are valid (the merged packet gets a partial checksum that the kernel
 //!   treats as verified, so a corrupted segment would otherwise be accepted as good);
-//! - the merged packet stays within [`MAX_PACKET`] bytes and [`MAX_SEGMENTS`] segments.
+//! - the merged packet stays within [`MAX_PACKET`] bytes and [`MAX_SEGMENTS`] segments;
+//! - on TAP, the link-layer headers are equal byte for byte: destination and source MAC,
+//!   every VLAN tag (TPID, priority, VLAN id) and the EtherType (`eth_gro_receive()` in
+//!   `net/ethernet/eth.c` compares the Ethernet header, `vlan_gro_receive()` in
+//!   `net/8021q/vlan_core.c` the tag). The merged frame carries that header once, and its
+//!   virtio-net `csum_start` and `hdr_len` count it.
 //!
 //! UDP datagrams of one flow merge the same way when USO is on (`udp_gro_receive()` in
 //! `net/ipv4/udp_offload.c`): equal sizes except a shorter last one, valid non-zero
@@ -31,7 +36,12 @@
 //! that does not join the flow's open super-segment closes it, so later packets of that
 //! flow cannot overtake it; packets of different flows may be reordered among each other
 //! (as the kernel's GRO does). A packet whose flow cannot be told (IP fragments, IPv6
-//! extension headers) closes every open super-segment.
+//! extension headers) closes every open super-segment. On TAP a flow is its IP addresses
+//! and ports, whatever the link-layer header: a segment of the flow behind another MAC
+//! or VLAN tag does not join, and closes the flow's super-segment like any other that
+//! does not join. Frames that are not IPv4 or IPv6 (ARP, other EtherTypes, more than
+//! [`MAX_VLAN_TAGS`](crate::vnet::MAX_VLAN_TAGS) tags, an EtherType that disagrees with
+//! the IP version) are written alone and close nothing.
 
 use std::io;
 
@@ -39,7 +49,9 @@ use crate::asyncio::AsyncQueue;
 use crate::tun::{Queue, VNET_HDR_LEN};
 use crate::vnet::header::{GsoType, HeaderRepr};
 use crate::vnet::packet::*;
-use crate::vnet::{Error, MAX_PACKET, MAX_SEGMENTS, Offloads, checksum};
+use crate::vnet::{
+    Error, Layer, MAX_PACKET, MAX_SEGMENTS, Offloads, check_layer, checksum, ethernet,
+};
 
 /// Open super-segments tracked at once; when more flows interleave in one batch, the
 /// oldest is closed. Batches rarely carry more than a handful of bulk flows.
@@ -50,7 +62,7 @@ const NONE: u32 = u32::MAX;
 /// Counters of a [`Writer`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriterStats {
-    /// IP packets handed in.
+    /// IP packets (TUN) or frames (TAP) handed in.
     pub packets: u64,
     /// Frames produced (one `write` system call each).
     pub frames: u64,
@@ -65,8 +77,13 @@ pub struct WriterStats {
     pub write_errors: u64,
 }
 
-/// Writes batches of IP packets into a TUN device with a virtio-net header, merging
-/// consecutive TCP (and UDP) segments of a flow into super-segments.
+/// Writes batches of IP packets into a TUN device, or of Ethernet frames into a TAP
+/// device, with a virtio-net header, merging consecutive TCP (and UDP) segments of a
+/// flow into super-segments.
+///
+/// [`Writer::new`] writes to a TUN device ([`Layer::Ip`]); [`Writer::with_layer`] with
+/// [`Layer::Ethernet`] to a TAP device, where only frames with equal link-layer headers
+/// merge.
 ///
 /// One writer belongs to the task that writes a queue. It owns a 64 KiB scratch area in
 /// which merged packets are built, and small tables reused from batch to batch.
@@ -78,6 +95,7 @@ pub struct WriterStats {
 #[derive(Debug)]
 pub struct Writer {
     offloads: Offloads,
+    layer: Layer,
     scratch: Box<[u8]>,
     members: Vec<Member>,
     items: Vec<Item>,
@@ -106,13 +124,15 @@ struct Item {
 struct Merge {
     tcp: bool,
     v6: bool,
+    /// Offset of the IP header: the link-layer header's length (0 on TUN).
+    l3: usize,
     /// Offset of the transport header.
     l4: usize,
-    /// IP plus transport header.
+    /// Link-layer, IP and transport header.
     hdr_len: usize,
     /// Payload of the first segment; every other is as long, the last may be shorter.
     gso_size: usize,
-    /// Length of the merged IP packet so far.
+    /// Length of the merged packet (link-layer header included) so far.
     total: usize,
     /// The sequence number the next segment must have.
     next_seq: u32,
@@ -158,6 +178,7 @@ struct Candidate {
     key: FlowKey,
     tcp: bool,
     v6: bool,
+    l3: usize,
     l4: usize,
     hdr_len: usize,
     payload: usize,
@@ -166,12 +187,21 @@ struct Candidate {
 }
 
 impl Writer {
-    /// A writer that merges what `offloads` allows: TCP with `tso`, UDP with `uso`
-    /// ([`Offloads::NONE`]: every packet alone, still with its empty header).
+    /// A writer for a TUN device ([`Layer::Ip`]) that merges what `offloads` allows: TCP
+    /// with `tso`, UDP with `uso` ([`Offloads::NONE`]: every packet alone, still with its
+    /// empty header).
     pub fn new(offloads: Offloads) -> Writer {
+        Writer::with_layer(offloads, Layer::Ip)
+    }
+
+    /// A writer for frames of `layer` ([`Layer::Ip`] for a TUN device,
+    /// [`Layer::Ethernet`] for a TAP device) that merges what `offloads` allows.
+    pub fn with_layer(offloads: Offloads, layer: Layer) -> Writer {
         Writer {
             offloads,
-            scratch: vec![0u8; VNET_HDR_LEN + MAX_PACKET].into_boxed_slice(),
+            layer,
+            scratch: vec![0u8; VNET_HDR_LEN + layer.max_header_len() + MAX_PACKET]
+                .into_boxed_slice(),
             members: Vec::new(),
             items: Vec::new(),
             open: Vec::new(),
@@ -185,6 +215,11 @@ impl Writer {
         self.offloads
     }
 
+    /// The kind of packet this writer takes.
+    pub fn layer(&self) -> Layer {
+        self.layer
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> WriterStats {
         self.stats
@@ -196,8 +231,11 @@ impl Writer {
     /// device that went away fails them all).
     ///
     /// Not cancel-safe: dropping the future while the kernel pushes back loses the frames
-    /// not yet written. (A TUN device takes writes without blocking, so in practice each
-    /// `send` completes at once.)
+    /// not yet written. (A TUN or TAP device takes writes without blocking, so in practice
+    /// each `send` completes at once.)
+    ///
+    /// A queue of the other kind of device is refused with [`Error::LayerMismatch`]
+    /// before anything is written.
     pub async fn send_batch<B: AsMut<[u8]>>(
         &mut self,
         queue: &AsyncQueue,
@@ -205,6 +243,7 @@ impl Writer {
         offset: usize,
         lens: &[usize],
     ) -> io::Result<()> {
+        check_layer(self.layer, queue.get_ref())?;
         self.prepare(packets, offset, lens)?;
         let mut first_err = None;
         let mut errors = 0;
@@ -225,6 +264,7 @@ impl Writer {
         offset: usize,
         lens: &[usize],
     ) -> io::Result<()> {
+        check_layer(self.layer, queue)?;
         self.prepare(packets, offset, lens)?;
         let mut first_err = None;
         let mut errors = 0;
@@ -249,7 +289,9 @@ impl Writer {
     /// [`send_batch`](Self::send_batch); take the frames with
     /// [`next_frame`](Self::next_frame) and write each into the device. Fails with
     /// [`Error::BufferTooSmall`] if a buffer is shorter than `offset + lens[i]`, or a
-    /// length exceeds [`MAX_PACKET`], before anything is planned.
+    /// length exceeds [`MAX_PACKET`] (plus, on TAP,
+    /// [`MAX_ETHERNET_HEADER`](crate::vnet::MAX_ETHERNET_HEADER)), before anything is
+    /// planned.
     pub fn prepare<B: AsMut<[u8]>>(
         &mut self,
         packets: &mut [B],
@@ -261,13 +303,14 @@ impl Writer {
         self.open.clear();
         self.cursor = 0;
         let n = packets.len().min(lens.len());
+        let max = self.layer.max_header_len() + MAX_PACKET;
         for (i, (p, &len)) in packets.iter_mut().zip(lens).enumerate() {
             let have = p.as_mut().len();
-            if len > MAX_PACKET || have < offset + len {
+            if len > max || have < offset + len {
                 return Err(Error::BufferTooSmall {
                     index: i,
                     need: offset + len,
-                    have: have.min(offset + MAX_PACKET),
+                    have: have.min(offset + max),
                 });
             }
         }
@@ -284,7 +327,11 @@ impl Writer {
                 len: len as u32,
                 next: NONE,
             });
-            let class = classify(&packets[i].as_mut()[offset..offset + len], self.offloads);
+            let class = classify(
+                &packets[i].as_mut()[offset..offset + len],
+                self.offloads,
+                self.layer,
+            );
             match class {
                 Class::Other => self.push_alone(i),
                 Class::Barrier => {
@@ -366,6 +413,7 @@ impl Writer {
             merge: Some(Merge {
                 tcp: c.tcp,
                 v6: c.v6,
+                l3: c.l3,
                 l4: c.l4,
                 hdr_len: c.hdr_len,
                 gso_size: c.payload,
@@ -408,10 +456,11 @@ impl Writer {
         let head_len = self.members[first].len as usize;
         if m.closed
             || m.tcp != c.tcp
+            || m.l3 != c.l3
             || m.l4 != c.l4
             || m.hdr_len != c.hdr_len
             || c.payload > m.gso_size
-            || m.total + c.payload > MAX_PACKET
+            || m.total + c.payload > m.l3 + MAX_PACKET
             || item.count as usize >= MAX_SEGMENTS
             || (m.tcp && c.seq != m.next_seq)
         {
@@ -425,10 +474,10 @@ impl Writer {
                 return Append::No;
             }
             if !m.v6 {
-                let head_id = get16(head, IPV4_ID);
-                let id = get16(pkt, IPV4_ID);
+                let head_id = get16(head, at(m.l3, IPV4_ID));
+                let id = get16(pkt, at(m.l3, IPV4_ID));
                 let incrementing = id == head_id.wrapping_add(item.count as u16);
-                let fixed = id == head_id && get16(head, IPV4_FRAG) & IPV4_DF != 0;
+                let fixed = id == head_id && get16(head, at(m.l3, IPV4_FRAG)) & IPV4_DF != 0;
                 fixed_id = match m.fixed_id {
                     None if incrementing => Some(false),
                     None if fixed => Some(true),
@@ -438,7 +487,7 @@ impl Writer {
                 };
             }
             if !m.head_checked {
-                if !transport_checksum_ok(head, m.v6, m.tcp, m.l4) {
+                if !transport_checksum_ok(head, &m) {
                     self.stats.bad_checksums += 1;
                     // The head goes out alone, and the kernel drops it.
                     self.items[item_index].merge = None;
@@ -446,7 +495,7 @@ impl Writer {
                 }
                 m.head_checked = true;
             }
-            if !transport_checksum_ok(pkt, m.v6, m.tcp, m.l4) {
+            if !transport_checksum_ok(pkt, &m) {
                 self.stats.bad_checksums += 1;
                 self.items[item_index].merge = Some(m);
                 return Append::BadCandidate;
@@ -468,8 +517,8 @@ impl Writer {
         Append::Done { closed }
     }
 
-    /// The next frame of the prepared batch (virtio-net header and packet), or `None`
-    /// when all are taken. Write each into the device as it is.
+    /// The next frame of the prepared batch (virtio-net header and packet or Ethernet
+    /// frame), or `None` when all are taken. Write each into the device as it is.
     pub fn next_frame<'a, B: AsMut<[u8]>>(
         &'a mut self,
         packets: &'a mut [B],
@@ -514,13 +563,17 @@ impl Writer {
         }
         debug_assert_eq!(pos - VNET_HDR_LEN, merge.total);
         let total = pos - VNET_HDR_LEN;
-        let l4 = merge.l4;
+        let (l3, l4) = (merge.l3, merge.l4);
         let p = &mut scratch[VNET_HDR_LEN..pos];
         if merge.v6 {
-            put16(p, IPV6_PAYLOAD_LEN, (total - IPV6_HEADER_LEN) as u16);
+            put16(
+                p,
+                at(l3, IPV6_PAYLOAD_LEN),
+                (total - l3 - IPV6_HEADER_LEN) as u16,
+            );
         } else {
-            put16(p, IPV4_TOTAL_LEN, total as u16);
-            set_ipv4_checksum(&mut p[..l4]);
+            put16(p, at(l3, IPV4_TOTAL_LEN), (total - l3) as u16);
+            set_ipv4_checksum(&mut p[l3..l4]);
         }
         // The checksum field gets the pseudo-header sum, not complemented, as the kernel
         // leaves it for CHECKSUM_PARTIAL (`tcp_v4_send_check()`, `udp4_hwcsum()`).
@@ -538,7 +591,7 @@ impl Writer {
             put16(p, at(l4, UDP_LEN), (total - l4) as u16);
             (PROTO_UDP, at(l4, UDP_CHECKSUM), GsoType::UdpL4)
         };
-        let pseudo = pseudo_header(p, merge.v6, protocol, total - l4);
+        let pseudo = pseudo_header(&p[l3..], merge.v6, protocol, total - l4);
         put16(p, csum_at.clone(), pseudo as u16);
         HeaderRepr {
             needs_csum: true,
@@ -571,13 +624,19 @@ fn two<B>(s: &mut [B], a: usize, b: usize) -> (&mut B, &mut B) {
     (&mut lo[a], &mut hi[0])
 }
 
-/// Whether the IP and transport headers of `pkt` allow it to join the super-segment
-/// whose first packet is `head` (lengths, sequence and flags checked by the caller).
+/// Whether the link-layer, IP and transport headers of `pkt` allow it to join the
+/// super-segment whose first packet is `head` (lengths, sequence and flags checked by the
+/// caller).
 fn headers_match(head: &[u8], pkt: &[u8], m: &Merge) -> bool {
+    // MACs, VLAN tags and EtherType: the same link-layer header, or none on TUN.
+    if head[..m.l3] != pkt[..m.l3] {
+        return false;
+    }
+    let (h, p) = (&head[m.l3..], &pkt[m.l3..]);
     let ip_ok = if m.v6 {
-        head[..4] == pkt[..4] && head[IPV6_HOP_LIMIT] == pkt[IPV6_HOP_LIMIT]
+        h[..4] == p[..4] && h[IPV6_HOP_LIMIT] == p[IPV6_HOP_LIMIT]
     } else {
-        head[1] == pkt[1] && head[IPV4_FRAG] == pkt[IPV4_FRAG] && head[IPV4_TTL] == pkt[IPV4_TTL]
+        h[1] == p[1] && h[IPV4_FRAG] == p[IPV4_FRAG] && h[IPV4_TTL] == p[IPV4_TTL]
     };
     if !ip_ok {
         return false;
@@ -591,12 +650,12 @@ fn headers_match(head: &[u8], pkt: &[u8], m: &Merge) -> bool {
     }
 }
 
-/// Whether the TCP or UDP checksum of `pkt` verifies.
-fn transport_checksum_ok(pkt: &[u8], v6: bool, tcp: bool, l4: usize) -> bool {
-    let protocol = if tcp { PROTO_TCP } else { PROTO_UDP };
+/// Whether the TCP or UDP checksum of `pkt`, a packet shaped like `m`'s, verifies.
+fn transport_checksum_ok(pkt: &[u8], m: &Merge) -> bool {
+    let protocol = if m.tcp { PROTO_TCP } else { PROTO_UDP };
     let s = checksum::add(
-        pseudo_header(pkt, v6, protocol, pkt.len() - l4),
-        checksum::sum(&pkt[l4..]),
+        pseudo_header(&pkt[m.l3..], m.v6, protocol, pkt.len() - m.l4),
+        checksum::sum(&pkt[m.l4..]),
     );
     s == 0xffff
 }
@@ -610,7 +669,21 @@ fn is_ipv6_extension(next: u8) -> bool {
     )
 }
 
-fn classify(pkt: &[u8], offloads: Offloads) -> Class {
+/// Sorts the packet `frame` (an IP packet, or on TAP an Ethernet frame) for the coalescer.
+fn classify(frame: &[u8], offloads: Offloads, layer: Layer) -> Class {
+    let l3 = match layer {
+        Layer::Ip => 0,
+        Layer::Ethernet => match ethernet::parse(frame) {
+            Ok(link) => match (link.ip_version(), frame.get(link.len)) {
+                (Some(v), Some(&b)) if b >> 4 == v => link.len,
+                // Not IP, or an EtherType that disagrees with the packet: the kernel will
+                // not take it for IP either (`ip_rcv()` checks the version).
+                _ => return Class::Other,
+            },
+            Err(_) => return Class::Other,
+        },
+    };
+    let pkt = &frame[l3..];
     let Some(&first) = pkt.first() else {
         return Class::Other;
     };
@@ -680,8 +753,9 @@ fn classify(pkt: &[u8], offloads: Offloads) -> Class {
             key,
             tcp,
             v6,
-            l4,
-            hdr_len: l4 + thl,
+            l3,
+            l4: l3 + l4,
+            hdr_len: l3 + l4 + thl,
             payload: pkt.len() - l4 - thl,
             seq: get32(pkt, at(l4, TCP_SEQ)),
             psh: flags & TCP_PSH != 0,
@@ -698,8 +772,9 @@ fn classify(pkt: &[u8], offloads: Offloads) -> Class {
             key,
             tcp,
             v6,
-            l4,
-            hdr_len: l4 + UDP_HEADER_LEN,
+            l3,
+            l4: l3 + l4,
+            hdr_len: l3 + l4 + UDP_HEADER_LEN,
             payload: pkt.len() - l4 - UDP_HEADER_LEN,
             seq: 0,
             psh: false,

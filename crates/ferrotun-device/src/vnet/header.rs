@@ -8,8 +8,9 @@
 //! +--------+--------+-----------------+-----------------+-----------------+-----------------+
 //! ```
 //! The 16-bit fields are little-endian (see the byte-order note in [`crate::vnet`]).
-//! `csum_start` counts from the first byte of the IP packet (a TUN device has no
-//! link-layer header), `csum_offset` from `csum_start`.
+//! `csum_start` and `hdr_len` count from the first byte after this header: the IP packet
+//! on a TUN device, the Ethernet header on a TAP device. `csum_offset` counts from
+//! `csum_start`.
 
 use crate::tun::VNET_HDR_LEN;
 use crate::vnet::Error;
@@ -22,7 +23,7 @@ pub mod field {
     pub const FLAGS: usize = 0;
     /// `gso_type`: one of [`super::gso`], possibly with [`super::gso::ECN`].
     pub const GSO_TYPE: usize = 1;
-    /// `hdr_len`: length of the packet's headers (IP plus TCP or UDP).
+    /// `hdr_len`: length of the packet's headers (Ethernet on TAP, IP, TCP or UDP).
     pub const HDR_LEN: Range<usize> = 2..4;
     /// `gso_size`: payload bytes per segment.
     pub const GSO_SIZE: Range<usize> = 4..6;
@@ -192,11 +193,12 @@ pub struct HeaderRepr {
     pub gso: GsoType,
     /// [`gso::ECN`]: the super-segment carries CWR (first segment only).
     pub ecn: bool,
-    /// Length of the IP and transport headers, as the sender claims it.
+    /// Length of the link-layer (TAP), IP and transport headers, as the sender claims it.
     pub hdr_len: u16,
     /// Payload bytes per segment.
     pub gso_size: u16,
-    /// Offset of the transport header, where checksumming starts.
+    /// Offset of the transport header from the start of the packet or frame, where
+    /// checksumming starts.
     pub csum_start: u16,
     /// Offset of the checksum field from `csum_start` (16 for TCP, 6 for UDP).
     pub csum_offset: u16,

@@ -1,4 +1,5 @@
-//! Reading: frames from the device become plain IP packets in the caller's buffers.
+//! Reading: frames from the device become plain IP packets (TUN) or Ethernet frames (TAP)
+//! in the caller's buffers.
 //!
 //! The segmentation rules are the kernel's own, so that a packet we produce is the packet
 //! the kernel would have put on a wire without offloads:
@@ -12,7 +13,10 @@
 //! - UDP segments get their own length (`__udp_gso_segment()` in `net/ipv4/udp_offload.c`);
 //! - every transport checksum is computed in full, pseudo-header included (RFC 9293 §3.1,
 //!   RFC 768, RFC 8200 §8.1); a computed UDP checksum of 0 is sent as 0xffff (RFC 768),
-//!   as is any completed checksum of 0 (`skb_checksum_help()` in `net/core/dev.c`).
+//!   as is any completed checksum of 0 (`skb_checksum_help()` in `net/core/dev.c`);
+//! - on TAP, each segment starts with the super-segment's Ethernet header and VLAN tags,
+//!   unchanged (`skb_segment()` in `net/core/skbuff.c` copies the MAC header into every
+//!   segment), and `csum_start` counts from the start of the frame.
 
 use std::io;
 
@@ -20,7 +24,7 @@ use crate::asyncio::AsyncQueue;
 use crate::tun::{Queue, VNET_HDR_LEN};
 use crate::vnet::header::{GsoType, Header, HeaderRepr};
 use crate::vnet::packet::*;
-use crate::vnet::{Error, MAX_PACKET, checksum};
+use crate::vnet::{Error, Layer, MAX_PACKET, check_layer, checksum, ethernet};
 
 /// Counters of a [`Reader`], for statistics and for tests that must see offloads work.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -29,7 +33,7 @@ pub struct ReaderStats {
     pub frames: u64,
     /// Frames that were super-segments (`gso_type` other than NONE).
     pub super_segments: u64,
-    /// IP packets handed to the caller.
+    /// IP packets (TUN) or frames (TAP) handed to the caller.
     pub packets: u64,
     /// Single packets whose partial checksum was completed.
     pub checksums_completed: u64,
@@ -40,7 +44,16 @@ pub struct ReaderStats {
     pub max_segments: u64,
 }
 
-/// Turns frames read from a TUN device with a virtio-net header into plain IP packets.
+/// Turns frames read from a TUN or TAP device with a virtio-net header into plain IP
+/// packets or Ethernet frames, as the device would carry them without offloads.
+///
+/// [`Reader::new`] reads a TUN device ([`Layer::Ip`]); [`Reader::with_layer`] with
+/// [`Layer::Ethernet`] a TAP device. On TAP, a super-segment is cut into whole frames,
+/// each with a copy of its Ethernet header and VLAN tags; a super-segment whose
+/// link-layer header cannot be walked to an IPv4 or IPv6 header (an unknown EtherType,
+/// more than [`MAX_VLAN_TAGS`](crate::vnet::MAX_VLAN_TAGS) tags) is dropped with an
+/// error; every frame that is not a super-segment (ARP, other EtherTypes) is passed on
+/// as it is, its checksum completed if the kernel left it partial.
 ///
 /// One reader belongs to the task that reads a queue; it owns a 64 KiB frame buffer and
 /// the state of a super-segment that did not fit the caller's last batch, whose remaining
@@ -52,6 +65,7 @@ pub struct ReaderStats {
 /// packet is lost with it. A device error is returned as it is.
 #[derive(Debug)]
 pub struct Reader {
+    layer: Layer,
     frame: Box<[u8]>,
     pending: Option<Split>,
     deferred: Option<io::Error>,
@@ -61,7 +75,7 @@ pub struct Reader {
 /// What is left of the frame in `Reader::frame`.
 #[derive(Debug, Clone, Copy)]
 struct Split {
-    /// Length of the IP packet (the frame without its virtio-net header).
+    /// Length of the packet: the frame without its virtio-net header.
     len: usize,
     how: How,
     /// Segments emitted so far.
@@ -80,9 +94,11 @@ enum How {
 struct Segments {
     v6: bool,
     tcp: bool,
+    /// Offset of the IP header: the length of the link-layer header (0 on TUN).
+    l3: usize,
     /// Offset of the transport header.
     l4: usize,
-    /// Length of IP plus transport header.
+    /// Length of link-layer, IP and transport header.
     hdr_len: usize,
     gso_size: usize,
     /// Offset of the next payload byte to emit.
@@ -98,16 +114,29 @@ impl Default for Reader {
 }
 
 impl Reader {
-    /// A reader with its 64 KiB frame buffer.
+    /// A reader for a TUN device ([`Layer::Ip`]) with its 64 KiB frame buffer.
     pub fn new() -> Reader {
+        Reader::with_layer(Layer::Ip)
+    }
+
+    /// A reader for frames of `layer`: [`Layer::Ip`] for a TUN device,
+    /// [`Layer::Ethernet`] for a TAP device (`Layer::from(queue.mode())`).
+    pub fn with_layer(layer: Layer) -> Reader {
         Reader {
+            layer,
             // One byte more than the largest legal frame: a read that fills the buffer
             // was truncated.
-            frame: vec![0u8; VNET_HDR_LEN + MAX_PACKET + 1].into_boxed_slice(),
+            frame: vec![0u8; VNET_HDR_LEN + layer.max_header_len() + MAX_PACKET + 1]
+                .into_boxed_slice(),
             pending: None,
             deferred: None,
             stats: ReaderStats::default(),
         }
+    }
+
+    /// The kind of frame this reader takes.
+    pub fn layer(&self) -> Layer {
+        self.layer
     }
 
     /// The counters so far.
@@ -142,8 +171,11 @@ impl Reader {
     /// that does not fit is finished in the next call.
     ///
     /// Each buffer needs room for an MTU-sized packet after `offset` (the kernel cuts
-    /// super-segments to the device's MTU); a packet that does not fit is dropped with
-    /// [`Error::BufferTooSmall`].
+    /// super-segments to the device's MTU), on TAP plus its Ethernet header and VLAN
+    /// tags; a packet that does not fit is dropped with [`Error::BufferTooSmall`].
+    ///
+    /// A queue of the other kind of device (TAP for a [`Layer::Ip`] reader, or TUN for a
+    /// [`Layer::Ethernet`] one) is refused with [`Error::LayerMismatch`].
     ///
     /// Cancel-safe: the only wait is for the first frame, before anything is read or
     /// placed, so dropping the future (in a `select!`) loses nothing.
@@ -154,6 +186,7 @@ impl Reader {
         offset: usize,
         lens: &mut [usize],
     ) -> io::Result<usize> {
+        check_layer(self.layer, queue.get_ref())?;
         let max = bufs.len().min(lens.len());
         if let Some(e) = self.deferred.take() {
             return Err(e);
@@ -199,6 +232,7 @@ impl Reader {
         offset: usize,
         lens: &mut [usize],
     ) -> io::Result<usize> {
+        check_layer(self.layer, queue)?;
         let max = bufs.len().min(lens.len());
         if let Some(e) = self.deferred.take() {
             return Err(e);
@@ -213,7 +247,8 @@ impl Reader {
         self.take(bufs, offset, lens, 0)
     }
 
-    /// Takes one frame (virtio-net header and IP packet, as read from the device) from
+    /// Takes one frame (virtio-net header and IP packet or Ethernet frame, as read from
+    /// the device) from
     /// elsewhere than a [`Queue`]: a test, a capture, another transport. Its packets are
     /// then taken with [`pop`](Self::pop). Fails with [`Error::Busy`] while packets of
     /// the last frame are pending, and with the frame's defect if it is malformed.
@@ -247,7 +282,7 @@ impl Reader {
     /// Checks the frame of `len` bytes in `self.frame` and makes it pending.
     fn accept(&mut self, len: usize) -> Result<(), Error> {
         self.stats.frames += 1;
-        match parse(&self.frame, len) {
+        match parse(&self.frame, len, self.layer) {
             Ok(split) => {
                 if let How::Segments(_) = split.how {
                     self.stats.super_segments += 1;
@@ -316,8 +351,9 @@ impl Reader {
     }
 }
 
-/// Validates the frame `frame[..len]` and describes how to cut it.
-fn parse(frame: &[u8], len: usize) -> Result<Split, Error> {
+/// Validates the frame `frame[..len]`, whose packet is of `layer`, and describes how to
+/// cut it.
+fn parse(frame: &[u8], len: usize, layer: Layer) -> Result<Split, Error> {
     if len >= frame.len() {
         // The kernel truncated the packet to our buffer: depending on its version, a read
         // then returns the buffer's length or the packet's (`tun_put_user()` in
@@ -334,6 +370,9 @@ fn parse(frame: &[u8], len: usize) -> Result<Split, Error> {
         have: len,
     };
 
+    // A single packet needs nothing of its headers: csum_start says where its checksum
+    // starts, counted from the frame's first byte on TUN and TAP alike, and anything
+    // else (ARP, other EtherTypes, IP without a partial checksum) passes as it is.
     if hdr.gso == GsoType::None {
         let csum = if hdr.needs_csum {
             let start = usize::from(hdr.csum_start);
@@ -358,13 +397,32 @@ fn parse(frame: &[u8], len: usize) -> Result<Split, Error> {
     if hdr.gso_size == 0 {
         return Err(Error::ZeroGsoSize);
     }
-    let version = packet.first().map(|b| b >> 4).unwrap_or(0);
+    let l3 = match layer {
+        Layer::Ip => 0,
+        Layer::Ethernet => {
+            let link = ethernet::parse(packet)?;
+            let Some(version) = link.ip_version() else {
+                return Err(Error::NotIpEtherType(link.ethertype));
+            };
+            match packet.get(link.len).map(|b| b >> 4) {
+                Some(v) if v != version => {
+                    return Err(Error::EtherTypeMismatch {
+                        ethertype: link.ethertype,
+                        version: v,
+                    });
+                }
+                _ => {}
+            }
+            link.len
+        }
+    };
+    let version = packet.get(l3).map(|b| b >> 4).unwrap_or(0);
     let (v6, ip_header) = match version {
         4 => {
-            if len < IPV4_HEADER_MIN {
-                return Err(truncated("the IPv4 header", IPV4_HEADER_MIN));
+            if len < l3 + IPV4_HEADER_MIN {
+                return Err(truncated("the IPv4 header", l3 + IPV4_HEADER_MIN));
             }
-            (false, usize::from(packet[0] & 0x0f) * 4)
+            (false, usize::from(packet[l3] & 0x0f) * 4)
         }
         6 => (true, IPV6_HEADER_LEN),
         v => return Err(Error::NotIp(v)),
@@ -374,17 +432,21 @@ fn parse(frame: &[u8], len: usize) -> Result<Split, Error> {
         (GsoType::UdpL4, _) => false,
         (gso, _) => return Err(Error::GsoVersionMismatch { gso, version }),
     };
-    if len < ip_header {
-        return Err(truncated("the IP header", ip_header));
+    if len < l3 + ip_header {
+        return Err(truncated("the IP header", l3 + ip_header));
     }
     let l4 = usize::from(hdr.csum_start);
     // IPv4 header options are part of the IP header; IPv6 extension headers sit between
     // the fixed header and csum_start, and are copied into every segment as they are.
-    let start_ok = if v6 { l4 >= ip_header } else { l4 == ip_header };
+    let start_ok = if v6 {
+        l4 >= l3 + ip_header
+    } else {
+        l4 == l3 + ip_header
+    };
     if !start_ok || ip_header < IPV4_HEADER_MIN {
         return Err(Error::BadCsumStart {
             csum_start: l4,
-            ip_header,
+            ip_header: l3 + ip_header,
         });
     }
     let (protocol, csum_field) = if tcp {
@@ -419,6 +481,7 @@ fn parse(frame: &[u8], len: usize) -> Result<Split, Error> {
         how: How::Segments(Segments {
             v6,
             tcp,
+            l3,
             l4,
             hdr_len,
             gso_size: usize::from(hdr.gso_size),
@@ -428,7 +491,11 @@ fn parse(frame: &[u8], len: usize) -> Result<Split, Error> {
             } else {
                 0
             },
-            id0: if v6 { 0 } else { get16(packet, IPV4_ID) },
+            id0: if v6 {
+                0
+            } else {
+                get16(packet, at(l3, IPV4_ID))
+            },
         }),
         index: 0,
     })
@@ -463,13 +530,17 @@ fn emit(packet: &[u8], split: &mut Split, out: &mut [u8]) -> Result<(usize, bool
             let first = split.index == 0;
             out[..s.hdr_len].copy_from_slice(&packet[..s.hdr_len]);
             out[s.hdr_len..].copy_from_slice(&packet[s.next..s.next + payload]);
-            let l4 = s.l4;
+            let (l3, l4) = (s.l3, s.l4);
             if s.v6 {
-                put16(out, IPV6_PAYLOAD_LEN, (total - IPV6_HEADER_LEN) as u16);
+                put16(
+                    out,
+                    at(l3, IPV6_PAYLOAD_LEN),
+                    (total - l3 - IPV6_HEADER_LEN) as u16,
+                );
             } else {
-                put16(out, IPV4_TOTAL_LEN, total as u16);
-                put16(out, IPV4_ID, s.id0.wrapping_add(split.index as u16));
-                set_ipv4_checksum(&mut out[..l4]);
+                put16(out, at(l3, IPV4_TOTAL_LEN), (total - l3) as u16);
+                put16(out, at(l3, IPV4_ID), s.id0.wrapping_add(split.index as u16));
+                set_ipv4_checksum(&mut out[l3..l4]);
             }
             let (protocol, csum_at) = if s.tcp {
                 let seq = s.seq0.wrapping_add((s.next - s.hdr_len) as u32);
@@ -489,7 +560,7 @@ fn emit(packet: &[u8], split: &mut Split, out: &mut [u8]) -> Result<(usize, bool
             };
             put16(out, csum_at.clone(), 0);
             let s_sum = checksum::add(
-                pseudo_header(out, s.v6, protocol, total - l4),
+                pseudo_header(&out[l3..], s.v6, protocol, total - l4),
                 checksum::sum(&out[l4..]),
             );
             let c = checksum::finish(s_sum);
