@@ -387,3 +387,131 @@ pub fn vnet_fields(f: &[u8]) -> (u8, u8, u16, u16, u16, u16) {
     let le = |i: usize| u16::from_le_bytes([f[i], f[i + 1]]);
     (f[0], f[1], le(2), le(4), le(6), le(8))
 }
+
+pub const ETH_IPV4: u16 = 0x0800;
+pub const ETH_IPV6: u16 = 0x86dd;
+pub const ETH_ARP: u16 = 0x0806;
+pub const TPID_8021Q: u16 = 0x8100;
+pub const TPID_8021AD: u16 = 0x88a8;
+
+/// The link-layer header of a TAP frame: MAC addresses and VLAN tags (TPID, TCI), outer
+/// first. The EtherType follows from what is wrapped.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Link {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub tags: Vec<(u16, u16)>,
+}
+
+impl Link {
+    /// An untagged link between two made-up hosts.
+    pub fn plain() -> Link {
+        Link {
+            dst: [0x02, 0, 0, 0, 0, 0x0b],
+            src: [0x02, 0, 0, 0, 0, 0x0a],
+            tags: Vec::new(),
+        }
+    }
+
+    /// The same with one 802.1Q tag of VLAN `vid`.
+    pub fn vlan(vid: u16) -> Link {
+        Link {
+            tags: vec![(TPID_8021Q, vid)],
+            ..Link::plain()
+        }
+    }
+
+    /// QinQ: an 802.1ad service tag around an 802.1Q customer tag.
+    pub fn qinq(outer: u16, inner: u16) -> Link {
+        Link {
+            tags: vec![(TPID_8021AD, outer), (TPID_8021Q, inner)],
+            ..Link::plain()
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        14 + 4 * self.tags.len()
+    }
+
+    /// The header bytes in front of a payload of `ethertype`.
+    pub fn header(&self, ethertype: u16) -> Vec<u8> {
+        let mut h = Vec::with_capacity(self.len());
+        h.extend_from_slice(&self.dst);
+        h.extend_from_slice(&self.src);
+        for &(tpid, tci) in &self.tags {
+            h.extend_from_slice(&tpid.to_be_bytes());
+            h.extend_from_slice(&tci.to_be_bytes());
+        }
+        h.extend_from_slice(&ethertype.to_be_bytes());
+        h
+    }
+
+    /// An IP packet in a frame, the EtherType from its version.
+    pub fn frame(&self, ip: &[u8]) -> Vec<u8> {
+        let ethertype = if ip[0] >> 4 == 6 { ETH_IPV6 } else { ETH_IPV4 };
+        let mut f = self.header(ethertype);
+        f.extend_from_slice(ip);
+        f
+    }
+
+    /// A TUN-style frame (virtio-net header, IP super-segment or packet) made a TAP frame:
+    /// the link-layer header goes between the two, and `csum_start` (and `hdr_len`, when
+    /// it is the real header length) grow by its length, as the kernel counts them from
+    /// the start of the frame.
+    pub fn vnet_frame(&self, tun_frame: &[u8]) -> Vec<u8> {
+        let (flags, gso, hdr_len, gso_size, start, off) = vnet_fields(tun_frame);
+        let l2 = self.len() as u16;
+        let hdr_len = if hdr_len == 0 || hdr_len == 0xffff {
+            hdr_len
+        } else {
+            hdr_len + l2
+        };
+        let start = if flags & 1 != 0 { start + l2 } else { start };
+        let mut f = vnet_header(flags, gso, hdr_len, gso_size, start, off);
+        f.extend_from_slice(&self.frame(&tun_frame[VNET..]));
+        f
+    }
+
+    /// An ARP request from `src` (RFC 826), 28 bytes after the header.
+    pub fn arp(&self) -> Vec<u8> {
+        let mut f = self.header(ETH_ARP);
+        f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+        f.extend_from_slice(&self.src);
+        f.extend_from_slice(&[10, 99, 3, 1]);
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&[10, 99, 3, 2]);
+        f
+    }
+}
+
+/// Splits an Ethernet frame into its link-layer header (walking 802.1Q and 802.1ad tags)
+/// and checks the IP packet behind it like `parse_checked`, and that the EtherType fits
+/// the IP version.
+pub fn parse_frame_checked(f: &[u8], pseudo_only: bool) -> Result<(Link, Parsed), String> {
+    if f.len() < 14 {
+        return Err("short ethernet header".into());
+    }
+    let mut link = Link {
+        dst: f[..6].try_into().unwrap(),
+        src: f[6..12].try_into().unwrap(),
+        tags: Vec::new(),
+    };
+    let mut at = 12;
+    let mut ethertype = u16::from_be_bytes([f[at], f[at + 1]]);
+    while ethertype == TPID_8021Q || ethertype == TPID_8021AD {
+        if f.len() < at + 6 {
+            return Err("short vlan tag".into());
+        }
+        link.tags
+            .push((ethertype, u16::from_be_bytes([f[at + 2], f[at + 3]])));
+        at += 4;
+        ethertype = u16::from_be_bytes([f[at], f[at + 1]]);
+    }
+    let ip = &f[at + 2..];
+    let p = parse_checked(ip, pseudo_only)?;
+    let want = if p.flow.is_v6() { ETH_IPV6 } else { ETH_IPV4 };
+    if ethertype != want {
+        return Err(format!("ethertype {ethertype:#06x} on an IP packet"));
+    }
+    Ok((link, p))
+}
