@@ -184,7 +184,10 @@ fn a_read_error_after_placed_packets_waits_for_the_next_call() {
     let ns = ferrotun_lab::Netns::new("vnerr").expect("create a namespace (run as root)");
     // Without IPv6 the kernel sends nothing of its own into the device: a TUN device does
     // get a link-local address here, and its router solicitation raced the datagrams.
-    for key in ["net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"] {
+    for key in [
+        "net.ipv6.conf.all.disable_ipv6",
+        "net.ipv6.conf.default.disable_ipv6",
+    ] {
         ns.sysctl(key, "1").expect("switch IPv6 off");
     }
     ns.run(|| {
