@@ -1,9 +1,11 @@
-//! What the TUN offloads are worth, from one run:
+//! What the TUN and TAP offloads are worth, from one run:
 //! - in memory: the cost of cutting a 64 KiB TCP super-segment into MTU-sized packets
-//!   (`vnet::Reader`) and of merging them again (`vnet::Writer`);
+//!   (`vnet::Reader`) and of merging them again (`vnet::Writer`), as bare IP packets
+//!   (TUN) and as 802.1Q-tagged Ethernet frames (TAP);
 //! - in the namespace lab (root only): TCP throughput through the userspace forwarder of
-//!   the offload tests, and system calls per MB, with plain reads and writes, with a
-//!   virtio-net header but offloads off, and with TSO/USO on.
+//!   the offload tests, and system calls per MB, between two TUN devices and between two
+//!   TAP devices, each with plain reads and writes, with a virtio-net header but offloads
+//!   off, and with TSO/USO on.
 //!
 //! `cargo bench -p ferrotun-device --bench vnet` (set `VNET_BENCH_MB` for the transfer
 //! size, default 512). Numbers are for notes, never for assertions.
@@ -15,20 +17,24 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use ferrotun_device::vnet::{Offloads, Reader, Writer};
+use ferrotun_device::vnet::{Layer, Offloads, Reader, Writer};
 use ferrotun_lab::TcpTransfer;
 use vnet_support::forwarder::{Pair, Path};
-use vnet_support::packets::{Flow, Tcp};
+use vnet_support::packets::{Flow, Link, Tcp};
 
 const MSS: usize = 1368;
 
-fn in_memory() {
+fn in_memory(layer: Layer) {
     let data: Vec<u8> = (0..47 * MSS).map(|i| (i * 31) as u8).collect();
     let frame = Tcp::new(Flow::v4(1), 1)
         .timestamps(3)
         .super_frame(&data, MSS as u16, 0);
-    let mut reader = Reader::new();
-    let mut bufs = vec![vec![0u8; 16 + 1500]; 64];
+    let frame = match layer {
+        Layer::Ip => frame,
+        Layer::Ethernet => Link::vlan(10).vnet_frame(&frame),
+    };
+    let mut reader = Reader::with_layer(layer);
+    let mut bufs = vec![vec![0u8; 16 + 1500 + layer.max_header_len()]; 64];
     let mut lens = vec![0usize; 64];
     let rounds = 20_000;
     let start = Instant::now();
@@ -38,7 +44,7 @@ fn in_memory() {
         n = reader.pop(&mut bufs, 16, &mut lens).unwrap();
     }
     let split = start.elapsed() / rounds;
-    let mut writer = Writer::new(Offloads::TSO);
+    let mut writer = Writer::with_layer(Offloads::TSO, layer);
     let mut frame_len = 0;
     let start = Instant::now();
     for _ in 0..rounds {
@@ -50,8 +56,14 @@ fn in_memory() {
     let merge = start.elapsed() / rounds;
     let gbps = |d: Duration| data.len() as f64 * 8.0 / d.as_secs_f64() / 1e9;
     println!(
-        "in memory, {}-byte super-segment <-> {n} packets of MSS {MSS}:",
-        frame.len()
+        "in memory, {:?}: {}-byte super-segment <-> {n} packets of MSS {MSS}{}:",
+        layer,
+        frame.len(),
+        if layer == Layer::Ethernet {
+            " in 802.1Q-tagged frames"
+        } else {
+            ""
+        }
     );
     println!(
         "  split  {:>7.2} us  ({:>5.1} Gbit/s of payload on one core)",
@@ -86,31 +98,52 @@ fn lab(mb: u64) {
         vnet_support::forwarder::MTU
     );
     println!(
-        "  {:<28} {:>10} {:>10} {:>14} {:>14} {:>12}",
+        "  {:<32} {:>10} {:>10} {:>14} {:>14} {:>12}",
         "path", "v4 Mbit/s", "v6 Mbit/s", "reads per MB", "writes per MB", "CPU s per GB"
     );
+    // TUN and TAP side by side for each path, so that each ratio comes from neighbouring
+    // runs on this shared machine.
     let paths = [
-        ("plain read/write", Path::Plain),
-        ("vnet header, offloads off", Path::Vnet(Offloads::NONE)),
-        ("vnet header, TSO+USO", Path::Vnet(Offloads::ALL)),
+        ("TUN plain read/write", false, Path::Plain),
+        ("TAP plain read/write", true, Path::Plain),
+        (
+            "TUN vnet header, offloads off",
+            false,
+            Path::Vnet(Offloads::NONE),
+        ),
+        (
+            "TAP vnet header, offloads off",
+            true,
+            Path::Vnet(Offloads::NONE),
+        ),
+        ("TUN vnet header, TSO+USO", false, Path::Vnet(Offloads::ALL)),
+        ("TAP vnet header, TSO+USO", true, Path::Vnet(Offloads::ALL)),
     ];
-    for (name, path) in paths {
-        let pair = Pair::start("vbench", path);
+    let mut tun_tap = [0.0f64; 2];
+    for (name, tap, path) in paths {
+        let pair = if tap {
+            Pair::start_tap("vbench", path)
+        } else {
+            Pair::start("vbench", path)
+        };
         let cpu0 = cpu_seconds();
         let mut rates = Vec::new();
         for v6 in [false, true] {
             let report = TcpTransfer::new(mb << 20)
                 .timeout(Duration::from_secs(120))
-                .run(&pair.b, SocketAddr::new(Pair::b_addr(v6), 0), &pair.a)
+                .run(&pair.b, SocketAddr::new(pair.b_ip(v6), 0), &pair.a)
                 .expect("transfer");
             report.assert_intact();
             rates.push(report.mbit_per_s());
+        }
+        if path == Path::Vnet(Offloads::ALL) {
+            tun_tap[usize::from(tap)] = rates[0] + rates[1];
         }
         let cpu = cpu_seconds() - cpu0;
         let (ab, ba) = pair.stop();
         let total_mb = (2 * mb) as f64 * 1.048576;
         println!(
-            "  {:<28} {:>10.0} {:>10.0} {:>14.1} {:>14.1} {:>12.2}",
+            "  {:<32} {:>10.0} {:>10.0} {:>14.1} {:>14.1} {:>12.2}",
             name,
             rates[0],
             rates[1],
@@ -121,6 +154,10 @@ fn lab(mb: u64) {
     }
     println!(
         "  (reads and writes: both directions, data and ACKs; CPU: the whole process, so the TCP sender and receiver too)"
+    );
+    println!(
+        "  TAP / TUN with TSO+USO (sum of v4 and v6): {:.2}",
+        tun_tap[1] / tun_tap[0]
     );
 }
 
@@ -133,6 +170,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(512);
-    in_memory();
+    in_memory(Layer::Ip);
+    in_memory(Layer::Ethernet);
     lab(mb);
 }
