@@ -7,12 +7,12 @@
 mod vnet_support;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use ferrotun_device::vnet::Offloads;
 use ferrotun_lab::{TcpTransfer, UdpSink, seq_datagram};
 use vnet_support::forwarder::{A_V4, A_V6, B_V4, B_V6, DirectionStats, Pair, Path};
+use vnet_support::set_udp_segment;
 
 fn transfer(pair: &Pair, v6: bool, bytes: u64) {
     let listen = SocketAddr::new(Pair::b_addr(v6), 0);
@@ -92,24 +92,6 @@ fn without_offloads_the_same_counters_show_one_packet_per_system_call() {
     assert_eq!(ab.packets(), ab.reads());
     assert_eq!(ab.writer.merged_frames, 0);
     assert_eq!(ab.writes(), ab.writer.packets);
-}
-
-/// Asks the kernel to cut every send into datagrams of `size` bytes (UDP GSO, `UDP_SEGMENT`
-/// in `include/uapi/linux/udp.h`).
-fn set_udp_segment(socket: &UdpSocket, size: u16) {
-    let v = libc::c_int::from(size);
-    // SAFETY: the descriptor is an open UDP socket; the option value is a c_int and its
-    // size is passed with it.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_UDP,
-            libc::UDP_SEGMENT,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
 }
 
 #[test]

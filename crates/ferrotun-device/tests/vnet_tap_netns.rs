@@ -6,8 +6,8 @@
 //! out Ethernet super-segments and took merged ones. Runs across a VLAN trunk (a bridge in
 //! a third namespace, the forwarders pushing and popping 802.1Q tags, or QinQ's two)
 //! prove the same with tagged frames, read from and written to the kernel. A control run
-//! without offloads shows that the same counters tell the difference. Needs root, like
-//! the device tests.
+//! without offloads shows that the same counters tell the difference, and a UDP run with
+//! `UDP_SEGMENT` shows USO on TAP. Needs root, like the device tests.
 
 mod vnet_support;
 
@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use ferrotun_device::vnet::{self, Error, Layer, Offloads, Reader, Writer};
 use ferrotun_device::{DeviceBuilder, Mode};
-use ferrotun_lab::TcpTransfer;
+use ferrotun_lab::{TcpTransfer, UdpSink, seq_datagram};
 use vnet_support::forwarder::{DirectionStats, Pair, Path};
+use vnet_support::set_udp_segment;
 
 fn transfer(pair: &Pair, v6: bool, bytes: u64) {
     let listen = SocketAddr::new(pair.b_ip(v6), 0);
@@ -131,6 +132,69 @@ fn tcp_over_a_vlan_trunk_crosses_the_tap_forwarder_in_tagged_super_segments() {
 #[test]
 fn tcp_over_a_qinq_trunk_crosses_the_tap_forwarder_in_double_tagged_super_segments() {
     across_a_trunk("vtqinq", &[(0x88a8, 100), (0x8100, 10)]);
+}
+
+#[test]
+fn udp_segmentation_crosses_the_tap_forwarder_as_super_segments() {
+    const SEGMENT: usize = 1200;
+    const PER_SEND: u64 = 32;
+    const SENDS: u64 = 40;
+    let pair = Pair::start_tap("vtuso", Path::Vnet(Offloads::ALL));
+    assert_eq!(
+        pair.offloads,
+        (Offloads::ALL, Offloads::ALL),
+        "this kernel takes USO on a TAP device"
+    );
+    for v6 in [false, true] {
+        let peer = SocketAddr::new(pair.b_ip(v6), 9000);
+        let me = SocketAddr::new(
+            if v6 {
+                vnet_support::forwarder::TAP_A_V6.into()
+            } else {
+                vnet_support::forwarder::TAP_A_V4.into()
+            },
+            0,
+        );
+        let sink = UdpSink::bind(&pair.b, peer).expect("bind the receiver");
+        let socket = pair.a.udp_bind(me).expect("bind the sender");
+        set_udp_segment(&socket, SEGMENT as u16);
+        let mut send = Vec::new();
+        let mut one = Vec::new();
+        for s in 0..SENDS {
+            send.clear();
+            for k in 0..PER_SEND {
+                seq_datagram(s * PER_SEND + k, SEGMENT, &mut one);
+                send.extend_from_slice(&one);
+            }
+            socket
+                .send_to(&send, peer)
+                .expect("send a UDP super-segment");
+            // Keep at most a few sends in flight: a UDP test must not lose to queues.
+            sink.wait_for_count(((s + 1) * PER_SEND) as usize, Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("IPv6 {v6}: datagrams of send {s} missing: {e}"));
+        }
+        let got = sink.finish().expect("the receiver ran");
+        let seqs: Vec<u64> = got.iter().filter_map(|r| r.seq).collect();
+        assert_eq!(
+            seqs,
+            (0..SENDS * PER_SEND).collect::<Vec<_>>(),
+            "every datagram once, in order"
+        );
+        assert!(got.iter().all(|r| r.len == SEGMENT), "every datagram whole");
+    }
+    let (ab, ba) = pair.stop();
+    show("A->B (UDP)", &ab);
+    assert_eq!(ab.bad_frames + ba.bad_frames, 0);
+    assert!(
+        ab.reader.super_segments > 0,
+        "no UDP super-segment was read"
+    );
+    assert!(
+        ab.writer.merged_frames > 0,
+        "no UDP super-segment was written"
+    );
+    assert!(4 * ab.writes() <= ab.writer.packets);
+    assert_eq!(ab.writer.write_errors, 0);
 }
 
 #[test]
