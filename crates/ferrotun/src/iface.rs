@@ -38,8 +38,8 @@ impl Interface {
     /// Creates and configures the device, adds `routes` that the interface's own address
     /// prefixes do not cover already, and runs the `up` hook.
     pub fn up(cfg: &InterfaceConfig, routes: &[IpNet], hooks: &Hooks) -> anyhow::Result<Interface> {
-        // TUN offloads ride on a virtio-net header; TAP frames go without one.
-        let vnet = cfg.offload && cfg.mode == Mode::Tun;
+        // Offloads ride on a virtio-net header (TUN and TAP alike).
+        let vnet = cfg.offload;
         let dev = DeviceBuilder::new(&cfg.name, cfg.mode)
             .vnet_hdr(vnet)
             .open()?;

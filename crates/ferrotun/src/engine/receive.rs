@@ -84,10 +84,11 @@ pub async fn udp_receive_path(shared: Arc<Shared>) -> anyhow::Result<()> {
     let mut bufs: Vec<Vec<u8>> = (0..RX_BUFFERS).map(|_| vec![0u8; RX_BUFFER_LEN]).collect();
     let mut metas = [quinn_udp::RecvMeta::default(); RX_BUFFERS];
     let mut scratch = ReceiveScratch::new(&shared);
+    let layer = ferrotun_device::vnet::Layer::from(shared.mode);
     let mut writer = shared
         .tun
         .offloads()
-        .map(ferrotun_device::vnet::Writer::new);
+        .map(|o| ferrotun_device::vnet::Writer::with_layer(o, layer));
     let mut deliveries: Vec<Delivery> = Vec::with_capacity(RX_BUFFERS * 64);
     let mut lens: Vec<usize> = Vec::with_capacity(RX_BUFFERS * 64);
     loop {
@@ -348,6 +349,24 @@ async fn receive_data(
             }
             None => Verdict::Dropped,
         };
+    }
+    if !compressed && shared.mode == Mode::Tap {
+        // A frame for our own device is left in place too; anything the switch sends on
+        // (or floods) is handled below.
+        let frame = &buf[range.clone()];
+        if let Some((dst, src)) = switch::macs(frame) {
+            let local = !shared.server || {
+                shared.switch.learn(src, peer.slot, shared.stamp(now));
+                !switch::is_group(&dst) && shared.switch.lookup(&dst) == Some(LOCAL)
+            };
+            if local {
+                peer.traffic.received(frame.len(), frame.len());
+                return Verdict::Deliver {
+                    start: range.start,
+                    len: range.len(),
+                };
+            }
+        }
     }
     // Compressed payloads are decompressed behind 16 bytes of headroom; TAP frames are
     // written (or switched) here.

@@ -164,7 +164,10 @@ pub async fn send_path(shared: Arc<Shared>) -> anyhow::Result<()> {
     let mut sealed: Vec<Option<(usize, PeerAddr)>> = Vec::with_capacity(SLOTS);
     let mut sealer = Sealer::new(frame);
     let mut flood = vec![0u8; stride];
-    let mut reader = shared.tun.offloads().map(|_| vnet::Reader::new());
+    let mut reader = shared
+        .tun
+        .offloads()
+        .map(|_| vnet::Reader::with_layer(vnet::Layer::from(shared.mode)));
     let mut table_seen = 0usize;
     loop {
         let n = {

@@ -203,7 +203,11 @@ async fn read_loop(
     const READ_BUFFER: usize = 256 * 1024;
     let mut decoder = StreamDecoder::with_capacity(shared.max_message(), READ_BUFFER);
     let mut scratch = ReceiveScratch::new(shared);
-    let mut writer = shared.tun.offloads().map(vnet::Writer::new);
+    let layer = vnet::Layer::from(shared.mode);
+    let mut writer = shared
+        .tun
+        .offloads()
+        .map(|o| vnet::Writer::with_layer(o, layer));
     let mut frames: Vec<Range<usize>> = Vec::with_capacity(256);
     let mut deliveries: Vec<Delivery> = Vec::with_capacity(256);
     let mut lens: Vec<usize> = Vec::with_capacity(256);
