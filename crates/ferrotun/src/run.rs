@@ -24,6 +24,12 @@ use crate::engine::{Engine, EngineConfig, all_routes, build_table};
 use crate::iface::Interface;
 use crate::privs;
 
+/// Runtime threads: the send path, the receive path and the control task share them. More
+/// than a few do not pay: one tunnel has two busy directions.
+fn workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4))
+}
+
 /// UDP socket buffer size we ask for: room for bursts at several Gbit/s.
 const SOCKET_BUFFER: usize = 4 << 20;
 
@@ -98,12 +104,7 @@ pub fn run(role: Role, path: &Path, socket: Option<PathBuf>) -> ExitCode {
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(
-            std::env::var("FT_WORKERS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(2),
-        )
+        .worker_threads(workers())
         .thread_name("ferrotun")
         .enable_all()
         .build()
