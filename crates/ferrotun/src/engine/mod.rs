@@ -61,8 +61,9 @@ use udp::UdpIo;
 
 /// Room after the payload for padding (to 16) and the tag.
 pub const TRAILER: usize = 16 + 16;
-/// Ethernet header with one VLAN tag: what a TAP frame adds to the MTU.
-pub const ETHERNET_OVERHEAD: usize = 18;
+/// What a TAP frame may add to the MTU: an Ethernet header with up to eight VLAN tags
+/// (the kernel's VLAN_MAX_DEPTH; the offload reader accepts as many).
+pub const ETHERNET_OVERHEAD: usize = ferrotun_device::vnet::MAX_ETHERNET_HEADER;
 /// When received data has gone unanswered this long, a keepalive is sent (WireGuard: 10 s).
 pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Handshake messages waiting for the control task; beyond this they are dropped (a flood

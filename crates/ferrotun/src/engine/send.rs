@@ -184,7 +184,12 @@ pub async fn send_path(shared: Arc<Shared>) -> anyhow::Result<()> {
             };
             match r {
                 Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+                    ) =>
+                {
                     // A frame the offload reader could not parse: dropped, counted, go on.
                     shared.drop_packet(DropReason::Malformed, || format!("from the device: {e}"));
                     continue;
