@@ -5,31 +5,10 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use ferrotun_lab::{
-    Lab, Signal, TcpTransfer, UdpSink, ping, send_sequence, wait_for_ping, wait_until,
-};
+use ferrotun_lab::{Lab, Signal, UdpSink, ping, send_sequence, wait_for_ping, wait_until};
 use support::*;
-
-const MB: u64 = 1 << 20;
-
-fn addr(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-fn sock(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-fn transfer(to: &ferrotun_lab::Netns, to_addr: &str, from: &ferrotun_lab::Netns, bytes: u64) {
-    let report = TcpTransfer::new(bytes)
-        .timeout(Duration::from_secs(90))
-        .run(to, sock(to_addr), from)
-        .expect("transfer through the tunnel");
-    assert!(report.intact(), "transfer damaged: {report:?}");
-}
 
 #[derive(Clone, Copy, PartialEq)]
 enum T {

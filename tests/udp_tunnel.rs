@@ -5,32 +5,10 @@
 
 mod support;
 
-use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use ferrotun_lab::{Hook, Impairment, Lab, LossRule, Relay, TcpTransfer, ping, wait_for_ping};
+use ferrotun_lab::{Hook, Impairment, Lab, LossRule, Relay, ping, wait_for_ping};
 use support::*;
-
-const MB: u64 = 1 << 20;
-
-fn addr(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-fn sock(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-/// Sends `bytes` through the tunnel from `from` to a listener on `to_addr` in `to`, and
-/// checks every byte arrived.
-fn transfer(to: &ferrotun_lab::Netns, to_addr: &str, from: &ferrotun_lab::Netns, bytes: u64) {
-    let report = TcpTransfer::new(bytes)
-        .timeout(Duration::from_secs(90))
-        .run(to, sock(to_addr), from)
-        .expect("transfer through the tunnel");
-    assert!(report.intact(), "transfer damaged: {report:?}");
-    assert_eq!(report.received_bytes, bytes);
-}
 
 #[test]
 fn ping_and_transfer_over_ipv4_and_ipv6() {

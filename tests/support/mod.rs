@@ -11,7 +11,31 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use ferrotun_lab::{Host, Lab, NsProcess, Signal};
+use std::net::{IpAddr, SocketAddr};
+
+use ferrotun_lab::{Host, Lab, Netns, NsProcess, Signal, TcpTransfer};
+
+/// A mebibyte.
+pub const MB: u64 = 1 << 20;
+
+pub fn addr(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+pub fn sock(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// Sends `bytes` through the tunnel from `from` to a listener on `to_addr` in `to`, and
+/// checks that every byte arrived unchanged.
+pub fn transfer(to: &Netns, to_addr: &str, from: &Netns, bytes: u64) {
+    let report = TcpTransfer::new(bytes)
+        .timeout(Duration::from_secs(90))
+        .run(to, sock(to_addr), from)
+        .expect("transfer through the tunnel");
+    assert!(report.intact(), "transfer damaged: {report:?}");
+    assert_eq!(report.received_bytes, bytes);
+}
 
 /// How long a tunnel may take to come up.
 pub const UP: Duration = Duration::from_secs(10);
