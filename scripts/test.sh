@@ -16,6 +16,7 @@ fi
 declare -A need=(
   [ip]=iproute2 [ping]=iputils-ping [iperf3]=iperf3 [nft]=nftables [tcpdump]=tcpdump
   [sha256sum]=coreutils [timeout]=coreutils
+  [podman]=podman [runc]=runc [busybox]=busybox-static [ldd]=libc-bin
 )
 missing=()
 for cmd in "${!need[@]}"; do
