@@ -17,6 +17,7 @@ declare -A need=(
   [ip]=iproute2 [ping]=iputils-ping [iperf3]=iperf3 [nft]=nftables [tcpdump]=tcpdump
   [sha256sum]=coreutils [timeout]=coreutils
   [podman]=podman [runc]=runc [busybox]=busybox-static [ldd]=libc-bin
+  [systemd-analyze]=systemd [setpriv]=util-linux [unshare]=util-linux [mknod]=coreutils
 )
 missing=()
 for cmd in "${!need[@]}"; do
