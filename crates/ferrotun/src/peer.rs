@@ -66,6 +66,10 @@ pub struct Status {
     pub in_progress: AtomicBool,
     /// When the last handshake completed (a stamp; 0 = never).
     pub handshake_at: AtomicU64,
+    /// When data was last sent to the peer (a stamp; 0 = never).
+    pub sent_at: AtomicU64,
+    /// When an authenticated message last came from the peer (a stamp; 0 = never).
+    pub received_at: AtomicU64,
 }
 
 /// One peer.

@@ -90,47 +90,77 @@ fn request_handshake(shared: &Shared, peer: &Peer) {
     shared.wake.notify_one();
 }
 
-async fn reresolve(peer: &Peer, ep: &Endpoint) {
+/// Resolves the endpoint again; true if it now names another address (set as the peer's).
+async fn reresolve(peer: &Peer, ep: &Endpoint) -> bool {
     match resolve(ep).await {
         Ok(addr) => {
             let addr = super::canonical(addr);
             if peer.endpoint().is_none_or(|cur| cur.addr() != addr) {
                 tracing::info!(endpoint = %ep, address = %addr, "server endpoint resolved to a new address");
                 peer.set_endpoint(PeerAddr::Udp(addr));
+                return true;
             }
+            false
         }
-        Err(e) => tracing::warn!(endpoint = %ep, "resolving the server: {e}"),
+        Err(e) => {
+            tracing::warn!(endpoint = %ep, "resolving the server: {e}");
+            false
+        }
     }
 }
 
+/// Data sent within this long, and nothing received for [`SILENCE`], looks like a server
+/// that is gone or moved: the endpoint's name is resolved again at once.
+const RECENT: Duration = Duration::from_secs(1);
+/// See [`RECENT`]. A live server answers within 2 s even one-way traffic (keepalives).
+const SILENCE: Duration = Duration::from_secs(3);
+
 async fn udp(shared: &Shared, peer: &Peer, s: &ClientSettings) -> anyhow::Result<()> {
     let mut backoff = Backoff::new();
-    let mut down_since = Some(Instant::now());
+    // Since when there has been no usable session (or the server has been silent).
+    let mut failing_since = Some(Instant::now());
     request_handshake(shared, peer);
     loop {
-        let wait = if down_since.is_some() {
+        let wait = if failing_since.is_some() {
             backoff.step()
         } else {
-            Duration::from_secs(1)
+            Duration::from_millis(500)
         };
         tokio::time::sleep(wait).await;
-        if peer.status.established.load(Ordering::Relaxed) {
-            if down_since.take().is_some() {
+        let now = Instant::now();
+        let ago = |at: &std::sync::atomic::AtomicU64| {
+            crate::peer::unstamp(shared.epoch, at.load(Ordering::Relaxed))
+                .map(|t| now.saturating_duration_since(t))
+        };
+        let established = peer.status.established.load(Ordering::Relaxed);
+        let pending = peer.status.in_progress.load(Ordering::Relaxed);
+        // A keypair stays usable for 180 s after the server went away, so "established"
+        // alone would keep a moved server unfound for minutes: silence while we send
+        // counts as failing too.
+        let silent = ago(&peer.status.sent_at).is_some_and(|d| d < RECENT)
+            && ago(&peer.status.received_at).is_none_or(|d| d >= SILENCE);
+        if established && !silent {
+            if failing_since.take().is_some() {
                 backoff.reset();
             }
             continue;
         }
-        let since = *down_since.get_or_insert_with(Instant::now);
-        if !s.persist && since.elapsed() >= GIVE_UP {
+        let since = *failing_since.get_or_insert(now);
+        if !s.persist && !established && since.elapsed() >= GIVE_UP {
             anyhow::bail!(
                 "no session with the server {} for {GIVE_UP:?} and persist = false",
                 s.endpoint
             );
         }
-        if since.elapsed() >= RERESOLVE_AFTER {
-            reresolve(peer, &s.endpoint).await;
+        if (silent || since.elapsed() >= RERESOLVE_AFTER) && reresolve(peer, &s.endpoint).await {
+            // The server is somewhere else now: start over there at once.
+            peer.notes.restart.store(true, Ordering::Release);
+            request_handshake(shared, peer);
+            continue;
         }
-        if !peer.status.in_progress.load(Ordering::Relaxed) {
+        if !pending {
+            // No session, or a silent server (restarted, say): a fresh handshake; the
+            // session spaces initiations 5 s apart, so this cannot flood.
             request_handshake(shared, peer);
         }
     }

@@ -134,6 +134,14 @@ impl Control {
             let sent = unstamp(epoch, n.sent.swap(0, Ordering::AcqRel));
             let received = unstamp(epoch, n.received.swap(0, Ordering::AcqRel));
             let received_data = unstamp(epoch, n.received_data.swap(0, Ordering::AcqRel));
+            for (t, at) in [
+                (sent, &peer.status.sent_at),
+                (received, &peer.status.received_at),
+            ] {
+                if let Some(t) = t {
+                    at.fetch_max(crate::peer::stamp(epoch, t), Ordering::Relaxed);
+                }
+            }
             let confirm = n.confirm.swap(0, Ordering::AcqRel);
             if confirm != 0 {
                 let was = s.current_keypair().map(|k| k.local_index());
