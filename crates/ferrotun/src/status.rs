@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::Shared;
 use crate::peer::unstamp;
-use crate::stats::DropReason;
 
 /// One peer's state.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -242,9 +241,4 @@ pub fn render(s: &Status) -> String {
         }
     }
     o
-}
-
-/// Every drop reason's name (for documentation and tests).
-pub fn drop_reason_names() -> Vec<&'static str> {
-    DropReason::ALL.iter().map(|r| r.name()).collect()
 }

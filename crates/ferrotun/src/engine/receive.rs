@@ -350,26 +350,7 @@ async fn receive_data(
             None => Verdict::Dropped,
         };
     }
-    if !compressed && shared.mode == Mode::Tap {
-        // A frame for our own device is left in place too; anything the switch sends on
-        // (or floods) is handled below.
-        let frame = &buf[range.clone()];
-        if let Some((dst, src)) = switch::macs(frame) {
-            let local = !shared.server || {
-                shared.switch.learn(src, peer.slot, shared.stamp(now));
-                !switch::is_group(&dst) && shared.switch.lookup(&dst) == Some(LOCAL)
-            };
-            if local {
-                peer.traffic.received(frame.len(), frame.len());
-                return Verdict::Deliver {
-                    start: range.start,
-                    len: range.len(),
-                };
-            }
-        }
-    }
-    // Compressed payloads are decompressed behind 16 bytes of headroom; TAP frames are
-    // written (or switched) here.
+    // Compressed payloads are decompressed behind 16 bytes of headroom.
     let (payload, wire_len): (&mut [u8], usize) = if compressed {
         match ferrotun_proto::decompress(&buf[range.clone()], &mut scratch.plain[HEADROOM..]) {
             Ok(n) => (&mut scratch.plain[..HEADROOM + n], range.len()),
@@ -391,10 +372,22 @@ async fn receive_data(
             }
         }
         Mode::Tap => {
-            deliver_frame(
+            let Some(port) = switch_port(shared, peer, &payload[HEADROOM..], now) else {
+                return Verdict::Dropped;
+            };
+            if port == Port::Device && !compressed {
+                // The common case: a frame for our device, left in place to be merged.
+                peer.traffic.received(wire_len, wire_len);
+                return Verdict::Deliver {
+                    start: range.start,
+                    len: range.len(),
+                };
+            }
+            forward_frame(
                 shared,
                 &table,
                 peer,
+                port,
                 payload,
                 wire_len,
                 now,
@@ -444,27 +437,30 @@ async fn write_device(shared: &Shared, peer: &Peer, buf: &mut [u8], len: usize, 
     }
 }
 
-/// TAP: a client writes every frame to its device; a server switches it. The frame is at
-/// `buf[HEADROOM..]`.
-async fn deliver_frame(
-    shared: &Shared,
-    table: &PeerTable,
-    peer: &Peer,
-    buf: &mut [u8],
-    wire_len: usize,
-    now: Instant,
-    fwd: &mut Forwarder,
-) {
-    let len = buf.len() - HEADROOM;
-    let Some((dst, src)) = switch::macs(&buf[HEADROOM..]) else {
+/// Where the TAP switch sends a frame that came from a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Port {
+    /// Our own device.
+    Device,
+    /// Another peer.
+    Peer(u32),
+    /// Our device and every other peer (broadcast, multicast, unknown destination).
+    Flood,
+    /// Back to the peer it came from: dropped.
+    Hairpin,
+}
+
+/// The switch's decision for a frame from `peer` (learning its source address on the
+/// way); a client has one port, its device. `None` for a frame too short to switch.
+fn switch_port(shared: &Shared, peer: &Peer, frame: &[u8], now: Instant) -> Option<Port> {
+    let Some((dst, src)) = switch::macs(frame) else {
         shared.drop_for(peer, DropReason::Malformed, || {
             format!("short frame from peer {}", peer.name())
         });
-        return;
+        return None;
     };
     if !shared.server {
-        write_device(shared, peer, buf, len, wire_len).await;
-        return;
+        return Some(Port::Device);
     }
     shared.switch.learn(src, peer.slot, shared.stamp(now));
     let target = if switch::is_group(&dst) {
@@ -472,13 +468,34 @@ async fn deliver_frame(
     } else {
         shared.switch.lookup(&dst)
     };
-    match target {
-        Some(LOCAL) => write_device(shared, peer, buf, len, wire_len).await,
-        Some(slot) if slot == peer.slot => {
+    Some(match target {
+        None => Port::Flood,
+        Some(LOCAL) => Port::Device,
+        Some(slot) if slot == peer.slot => Port::Hairpin,
+        Some(slot) => Port::Peer(slot),
+    })
+}
+
+/// Sends a frame at `buf[HEADROOM..]` where the switch decided.
+#[allow(clippy::too_many_arguments)]
+async fn forward_frame(
+    shared: &Shared,
+    table: &PeerTable,
+    peer: &Peer,
+    port: Port,
+    buf: &mut [u8],
+    wire_len: usize,
+    now: Instant,
+    fwd: &mut Forwarder,
+) {
+    let len = buf.len() - HEADROOM;
+    match port {
+        Port::Device => write_device(shared, peer, buf, len, wire_len).await,
+        Port::Hairpin => {
             peer.drops.count(DropReason::Hairpin);
             shared.drops.count(DropReason::Hairpin);
         }
-        Some(slot) => {
+        Port::Peer(slot) => {
             peer.traffic.received(len, wire_len);
             if let Some(other) = table.get(slot) {
                 let f = &mut fwd.forward;
@@ -488,8 +505,7 @@ async fn deliver_frame(
                     .await;
             }
         }
-        None => {
-            // Broadcast, multicast or unknown: our own device and every other peer.
+        Port::Flood => {
             fwd.forward[DATA_HEADER_LEN..DATA_HEADER_LEN + len].copy_from_slice(&buf[HEADROOM..]);
             write_device(shared, peer, buf, len, wire_len).await;
             flood_to_peers(
