@@ -273,7 +273,6 @@ fn a_tap_server_switches_frames_between_three_clients_by_mac() {
         )
         .unwrap();
     }
-    let before = on_carol.stdout().lines().count();
     let p = ping(b.ns(), addr("10.77.0.3"), 20, Duration::from_secs(5)).unwrap();
     assert!(p.all_answered(), "{}", p.output);
     wait_until(
@@ -296,7 +295,6 @@ fn a_tap_server_switches_frames_between_three_clients_by_mac() {
         !seen.contains("02:77:00:00:00:03") && !seen.contains("> 10.77.0.3:"),
         "carol saw frames for bob:\n{seen}"
     );
-    assert!(seen.lines().count() >= before, "{seen}");
     let s = show_json(&lab, "server");
     assert!(s["mac_table_entries"].as_u64().unwrap() >= 4, "{s:#}");
 }
