@@ -708,3 +708,71 @@ fn missing_clone_device_is_reported_with_the_hint() {
         "{stdout}"
     );
 }
+
+#[test]
+fn routes_are_added_listed_refused_twice_and_removed() {
+    in_ns("routes", || {
+        let dev = tun_up("ftrt", "10.7.5.1/24", "fd07:5::1/64");
+        let link = dev.link();
+        let v4: ferrotun_device::IpNet = "10.99.0.0/16".parse().unwrap();
+        let v6: ferrotun_device::IpNet = "fd99::/48".parse().unwrap();
+        link.add_route(v4, None).unwrap();
+        link.add_route(v6, Some(7)).unwrap();
+        let routes = link.routes().unwrap();
+        assert!(routes.contains(&v4) && routes.contains(&v6), "{routes:?}");
+        // A packet to the routed prefix now leaves through the device.
+        let sock = UdpSocket::bind("10.7.5.1:0").unwrap();
+        sock.send_to(b"routed", "10.99.3.4:9400").unwrap();
+        let udp = next_matching(&dev.queues()[0], |p| {
+            parse_udp(p).filter(|u| u.dport == 9400)
+        })
+        .expect("the routed datagram appears on the device");
+        assert_eq!(udp.dst, Ipv4Addr::new(10, 99, 3, 4));
+        let e = link.add_route(v4, None).unwrap_err();
+        assert!(matches!(e, DeviceError::RouteExists { .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "route 10.99.0.0/16 exists already in the main table"
+        );
+        link.del_route(v4, None).unwrap();
+        link.del_route(v6, Some(7)).unwrap();
+        let routes = link.routes().unwrap();
+        assert!(!routes.contains(&v4) && !routes.contains(&v6), "{routes:?}");
+    });
+}
+
+#[test]
+fn a_device_owned_by_a_group_is_usable_by_its_members() {
+    in_ns("group", || {
+        let node = CloneNode::new();
+        let dev = DeviceBuilder::new("ftgrp", Mode::Tun)
+            .group(65533)
+            .persist(true)
+            .open()
+            .unwrap();
+        assert_eq!(dev.link().info().unwrap().tun.unwrap().group, Some(65533));
+        drop(dev);
+        eventually("ftgrp", "idle", |i| {
+            i.and_then(|i| i.tun.clone()).is_some_and(|t| t.queues == 0)
+        });
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: raw system call, this thread only: gid 65533, uid 65532.
+                let rc = unsafe { libc::syscall(libc::SYS_setresgid, 65533, 65533, 65533) };
+                assert_eq!(rc, 0, "setresgid");
+                become_user_in_this_thread(65532);
+                DeviceBuilder::new("ftgrp", Mode::Tun)
+                    .clone_device(&node.0)
+                    .open()
+                    .expect("a member of the device's group attaches");
+            })
+            .join()
+            .unwrap();
+        });
+        eventually("ftgrp", "idle", |i| {
+            i.and_then(|i| i.tun.clone()).is_some_and(|t| t.queues == 0)
+        });
+        Link::by_name("ftgrp").unwrap().delete().unwrap();
+        gone("ftgrp", "deleted");
+    });
+}
