@@ -95,7 +95,7 @@ impl DropCounts {
 /// Drop counters by reason, with the log rate limit.
 #[derive(Debug)]
 pub struct Drops {
-    counts: [AtomicU64; N],
+    counts: DropCounts,
     logged_at: [AtomicU64; N],
     suppressed: [AtomicU64; N],
     epoch: Instant,
@@ -104,7 +104,7 @@ pub struct Drops {
 impl Default for Drops {
     fn default() -> Self {
         Drops {
-            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            counts: DropCounts::default(),
             logged_at: std::array::from_fn(|_| AtomicU64::new(0)),
             suppressed: std::array::from_fn(|_| AtomicU64::new(0)),
             epoch: Instant::now(),
@@ -115,7 +115,7 @@ impl Default for Drops {
 impl Drops {
     /// Counts one drop.
     pub fn count(&self, reason: DropReason) {
-        self.counts[reason as usize].fetch_add(1, Ordering::Relaxed);
+        self.counts.count(reason);
     }
 
     /// Counts one drop and returns, at most once per [`LOG_INTERVAL`] per reason, how many
@@ -141,16 +141,12 @@ impl Drops {
 
     /// The count for one reason.
     pub fn get(&self, reason: DropReason) -> u64 {
-        self.counts[reason as usize].load(Ordering::Relaxed)
+        self.counts.get(reason)
     }
 
     /// Every non-zero count, by reason name.
     pub fn nonzero(&self) -> Vec<(&'static str, u64)> {
-        DropReason::ALL
-            .iter()
-            .map(|r| (r.name(), self.get(*r)))
-            .filter(|(_, n)| *n > 0)
-            .collect()
+        self.counts.nonzero()
     }
 }
 
