@@ -5,12 +5,14 @@
 # one-stream run (user + system of both ferrotun processes; kernel work done in softirq
 # or in iperf3's context is not counted).
 #
-# Paths: the raw veth, ferrotun UDP/TUN, TCP/TUN and UDP/TAP, from the example configs.
+# Paths: the raw veth, ferrotun UDP/TUN, TCP/TUN and UDP/TAP, from the example configs,
+# and a null tunnel (crates/ferrotun-device/examples/nulltun.rs: TUN to plain UDP, no
+# encryption, one blocking thread per direction), the floor for any userspace tunnel's RTT.
 # Then memory: a server's resident set with no peers and with 1000 idle peers.
 # With --peers, the other tunnels of ../shared/bench/peers.sh are measured after it in the
 # same run (it installs what it can), so ratios come from one run.
 #
-# usage: sudo ./scripts/bench.sh [--peers [NAME...]] [--secs N] [--only raw,udp,tcp,tap,mem]
+# usage: sudo ./scripts/bench.sh [--peers [NAME...]] [--secs N] [--only raw,null,udp,tcp,tap,mem]
 #        env: OFFLOAD=off runs ferrotun without TUN/UDP offloads (for comparisons).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,13 +20,13 @@ ROOT=$PWD
 SECS=8
 PEERS=0
 PEER_NAMES=()
-ONLY="raw,udp,tcp,tap,mem"
+ONLY="raw,null,udp,tcp,tap,mem"
 while [ $# -gt 0 ]; do
   case "$1" in
     --peers) PEERS=1; shift; while [ $# -gt 0 ] && [[ "$1" != --* ]]; do PEER_NAMES+=("$1"); shift; done ;;
     --secs) SECS=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -60,6 +62,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 cargo build --release --locked -p ferrotun >/dev/null 2>&1 || cargo build --release --locked -p ferrotun
+cargo build --release --locked -p ferrotun-device --example nulltun >/dev/null 2>&1 ||
+  cargo build --release --locked -p ferrotun-device --example nulltun
+NULLTUN=$ROOT/target/release/examples/nulltun
 SERVER=$ROOT/target/release/ferrotun-server
 CLIENT=$ROOT/target/release/ferrotun-client
 
@@ -152,6 +157,15 @@ run_ferrotun() { # label server-config client-config
 
 echo "bench.sh: $SECS s per figure" >&2
 [[ ",$ONLY," == *,raw,* ]] && measure "raw veth, no tunnel" 198.18.0.1
+run_null() {
+  ip netns exec "$A" "$NULLTUN" ftnull0 10.78.0.1/24 198.18.0.1:5000 198.18.0.2:5000 2>"$W/null-a.log" &
+  PIDS+=($!)
+  ip netns exec "$B" "$NULLTUN" ftnull1 10.78.0.2/24 198.18.0.2:5000 198.18.0.1:5000 2>"$W/null-b.log" &
+  PIDS+=($!)
+  measure "null tunnel (no crypto; RTT floor)" 10.78.0.1 "${PIDS[@]}"
+  stop_tunnel
+}
+[[ ",$ONLY," == *,null,* ]] && run_null
 [[ ",$ONLY," == *,udp,* ]] && run_ferrotun "ferrotun UDP, TUN" server.toml client-udp.toml
 [[ ",$ONLY," == *,tcp,* ]] && run_ferrotun "ferrotun TCP, TUN" server.toml client-tcp.toml
 [[ ",$ONLY," == *,tap,* ]] && run_ferrotun "ferrotun UDP, TAP" server-tap.toml client-tap.toml
