@@ -13,7 +13,8 @@
 # same run (it installs what it can), so ratios come from one run.
 #
 # usage: sudo ./scripts/bench.sh [--peers [NAME...]] [--secs N] [--only raw,null,udp,tcp,tap,mem]
-#        env: OFFLOAD=off runs ferrotun without TUN/UDP offloads (for comparisons).
+#        env: OFFLOAD=off runs ferrotun without TUN/UDP offloads (for comparisons);
+#             QUEUES=N gives both ends N device queues ([interface] queues).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -26,7 +27,7 @@ while [ $# -gt 0 ]; do
     --peers) PEERS=1; shift; while [ $# -gt 0 ] && [[ "$1" != --* ]]; do PEER_NAMES+=("$1"); shift; done ;;
     --secs) SECS=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -88,8 +89,11 @@ for who in server alice bob; do
   (umask 077; "$SERVER" genkey > "$W/keys/$who.key")
   "$SERVER" pubkey < "$W/keys/$who.key" > "$W/keys/$who.pub"
 done
-offload=""
-[ "${OFFLOAD:-on}" = off ] && offload='s/^mtu = 1420$/mtu = 1420\noffload = false/;'
+# Settings added after the [interface] mtu line of every ferrotun config.
+extra=""
+[ "${OFFLOAD:-on}" = off ] && extra+='\noffload = false'
+[ -n "${QUEUES:-}" ] && extra+="\nqueues = $QUEUES"
+offload="s/^\(mtu = [0-9]*\).*/\1$extra/;"
 # Variants of the example configs: TCP transport, TAP mode.
 sed -e "$offload" config/server.toml | sed 's|^udp = "\[::\]:51820"|udp = "[::]:51820"\ntcp = "[::]:51820"|' > "$W/server.toml"
 sed -e "$offload" config/client.toml > "$W/client-udp.toml"

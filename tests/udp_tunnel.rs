@@ -433,6 +433,19 @@ fn a_failing_up_hook_stops_the_start_and_leaves_no_interface() {
     assert!(!has_interface(a, "ftun0"));
 }
 
+/// Runs a server with `cfg` on `host` that must refuse to start (exit 1); its stderr.
+fn start_refused(host: &ferrotun_lab::Host, cfg: &std::path::Path) -> String {
+    let out = host
+        .command(server_bin())
+        .arg("-c")
+        .arg(cfg)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    stderr
+}
+
 #[test]
 fn a_second_server_on_the_same_port_or_device_exits_1() {
     let lab = Lab::two_hosts().unwrap();
@@ -444,14 +457,7 @@ fn a_second_server_on_the_same_port_or_device_exits_1() {
         "other-dev.toml",
         &[("name = \"ftun0\"", "name = \"ftun9\"")],
     );
-    let out = a
-        .command(server_bin())
-        .arg("-c")
-        .arg(&other_dev)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = start_refused(a, &other_dev);
     assert!(stderr.contains("in use"), "{stderr}");
     assert!(!has_interface(a, "ftun9"), "nothing left behind");
     let other_port = cfg.variant(
@@ -459,17 +465,57 @@ fn a_second_server_on_the_same_port_or_device_exits_1() {
         "other-port.toml",
         &[("[::]:51820", "[::]:51821")],
     );
-    let out = a
-        .command(server_bin())
-        .arg("-c")
-        .arg(&other_port)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = start_refused(a, &other_port);
     assert!(stderr.contains("interface ftun0 is in use"), "{stderr}");
     assert!(
         has_interface(a, "ftun0"),
         "the first server's interface is untouched"
     );
+}
+
+#[test]
+fn two_queues_carry_the_tunnel_and_their_shared_port_stays_ours() {
+    let lab = Lab::two_hosts().unwrap();
+    let cfg = Configs::new();
+    let (a, b) = (lab.a(), lab.b());
+    let two = [("mtu = 1420", "queues = 2\nmtu = 1420")];
+    let server_cfg = cfg.variant("server.toml", "server-q2.toml", &two);
+    let client_cfg = cfg.variant("client.toml", "client-q2.toml", &two);
+    let _server = start_server(&lab, a, &server_cfg);
+    let _client = start_client(&lab, b, "alice", &client_cfg);
+    wait_for_ping(b.ns(), addr("10.77.0.1"), UP).unwrap();
+    transfer(a.ns(), "10.77.0.1:0", b.ns(), 20 * MB);
+    transfer(b.ns(), "[fd77::2]:0", a.ns(), 20 * MB);
+    // Each side has two device queues, both read by their own task, and together they
+    // read at least the 20 MB that side sent (1420-byte packets at most).
+    for label in ["server", "alice"] {
+        let show = show_json(&lab, label);
+        let counts: Vec<u64> = show["queue_packets"]
+            .as_array()
+            .expect("queue_packets")
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(counts.len(), 2, "{label}: {show}");
+        let total: u64 = counts.iter().sum();
+        assert!(total >= 20 * MB / 1420, "{label} read {counts:?}");
+    }
+    // The server's two UDP sockets share port 51820 (SO_REUSEPORT) ...
+    let ss = a
+        .command("ss")
+        .args(["-Huan", "sport", "=", ":51820"])
+        .output()
+        .unwrap();
+    let sockets = String::from_utf8_lossy(&ss.stdout).lines().count();
+    assert_eq!(sockets, 2, "{}", String::from_utf8_lossy(&ss.stdout));
+    // ... and no second server joins them, even one that asks for the same sharing.
+    let intruder = cfg.variant(
+        "server-q2.toml",
+        "intruder.toml",
+        &[("name = \"ftun0\"", "name = \"ftun9\"")],
+    );
+    let stderr = start_refused(a, &intruder);
+    assert!(stderr.contains("udp [::]:51820: in use"), "{stderr}");
+    assert!(!has_interface(a, "ftun9"), "nothing left behind");
+    transfer(a.ns(), "10.77.0.1:0", b.ns(), 4 * MB);
 }

@@ -31,6 +31,8 @@ pub const MIN_MTU_IPV6: u32 = 1280;
 /// The largest MTU: a sealed message must still fit one UDP datagram (65535 - 20 IPv4 -
 /// 8 UDP - 32 of ferrotun header and tag, rounded down).
 pub const MAX_MTU: u32 = 65400;
+/// The most device queues (the TUN driver allows 256; beyond one per core they only cost).
+pub const MAX_QUEUES: usize = 64;
 
 /// A configuration problem, located in a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +168,8 @@ struct RawInterface {
     #[serde(default)]
     offload: Option<bool>,
     #[serde(default)]
+    queues: Option<Spanned<i64>>,
+    #[serde(default)]
     user: Option<Spanned<String>>,
     #[serde(default)]
     group: Option<Spanned<String>>,
@@ -276,6 +280,9 @@ pub struct InterfaceConfig {
     pub control_socket: Option<PathBuf>,
     /// Use TUN segmentation offloads and UDP GSO/GRO where the kernel has them.
     pub offload: bool,
+    /// Device queues, each with its own UDP socket (one port, `SO_REUSEPORT`) and its own
+    /// send and receive tasks.
+    pub queues: usize,
     /// Who to run as once the device, the sockets and the `up` hook are set up.
     pub run_as: Option<crate::privs::RunAs>,
 }
@@ -456,6 +463,16 @@ fn parse_interface(src: &Source, raw: RawInterface) -> Result<InterfaceConfig, C
         }
         addresses.push(net);
     }
+    let queues = match &raw.queues {
+        None => 1,
+        Some(q) => {
+            let v = *q.get_ref();
+            if !(1..=MAX_QUEUES as i64).contains(&v) {
+                return Err(src.at(q, format!("queues {v} is outside 1..={MAX_QUEUES}")));
+            }
+            v as usize
+        }
+    };
     let mtu = match &raw.mtu {
         None => DEFAULT_MTU,
         Some(m) => {
@@ -526,6 +543,7 @@ fn parse_interface(src: &Source, raw: RawInterface) -> Result<InterfaceConfig, C
         mac,
         control_socket: raw.control_socket.map(|s| src.resolve(s.get_ref())),
         offload: raw.offload.unwrap_or(true),
+        queues,
         run_as,
     })
 }

@@ -41,6 +41,7 @@ impl Interface {
         // Offloads ride on a virtio-net header (TUN and TAP alike).
         let vnet = cfg.offload;
         let dev = DeviceBuilder::new(&cfg.name, cfg.mode)
+            .queues(cfg.queues)
             .vnet_hdr(vnet)
             .open()?;
         let offloads = if vnet {

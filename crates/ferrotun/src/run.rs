@@ -28,8 +28,10 @@ use crate::privs;
 /// Half the CPUs (1 to 4): a tunnel process shares the machine with the kernel work it
 /// drives (both TCP stacks, the veth or NIC), and on 2 cores one thread measured 5.0–5.6
 /// Gbit/s against 4.5–4.7 for two (fewer cross-thread wake-ups, no task migration).
-fn workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).clamp(1, 4))
+/// With several device queues, one thread per queue, up to the number of CPUs.
+fn workers(queues: usize) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cpus / 2).clamp(1, 4).max(queues.min(cpus))
 }
 
 /// UDP socket buffer size we ask for: room for bursts at several Gbit/s.
@@ -106,7 +108,7 @@ pub fn run(role: Role, path: &Path, socket: Option<PathBuf>) -> ExitCode {
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers())
+        .worker_threads(workers(setup.engine.tun.len()))
         .thread_name("ferrotun")
         .enable_all()
         .build()
@@ -148,7 +150,27 @@ fn set_int_option(
     }
 }
 
-fn bind_udp(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
+/// `n` UDP sockets on one address: with `n > 1` they share the port through `SO_REUSEPORT`,
+/// and the kernel gives each sender's datagrams (by address and port) to one of them. The
+/// port is first bound once without it, so a port someone else holds is refused as with
+/// one socket. Port 0 picks a free port for the first and binds the rest to it.
+fn bind_udp_group(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<std::net::UdpSocket>> {
+    if n <= 1 {
+        return Ok(vec![bind_udp(addr, false)?]);
+    }
+    if addr.port() != 0 {
+        drop(bind_udp(addr, false)?);
+    }
+    let first = bind_udp(addr, true)?;
+    let shared = SocketAddr::new(addr.ip(), first.local_addr()?.port());
+    let mut group = vec![first];
+    for _ in 1..n {
+        group.push(bind_udp(shared, true)?);
+    }
+    Ok(group)
+}
+
+fn bind_udp(addr: SocketAddr, reuse_port: bool) -> anyhow::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     use std::os::fd::AsRawFd;
     let sock = Socket::new(
@@ -171,6 +193,10 @@ fn bind_udp(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
         if set_int_option(sock.as_raw_fd(), force, SOCKET_BUFFER as libc::c_int).is_err() {
             let _ = set_int_option(sock.as_raw_fd(), plain, SOCKET_BUFFER as libc::c_int);
         }
+    }
+    if reuse_port {
+        sock.set_reuse_port(true)
+            .context("setting SO_REUSEPORT on the UDP socket")?;
     }
     sock.bind(&addr.into()).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
@@ -214,9 +240,9 @@ fn bind_tcp(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
 
 /// A client's UDP socket: dual-stack so that a re-resolved endpoint of either family
 /// works, or IPv4 only where IPv6 is off.
-fn client_udp() -> anyhow::Result<std::net::UdpSocket> {
-    bind_udp(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0))
-        .or_else(|_| bind_udp(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)))
+fn client_udp(n: usize) -> anyhow::Result<Vec<std::net::UdpSocket>> {
+    bind_udp_group(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0), n)
+        .or_else(|_| bind_udp_group(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0), n))
 }
 
 /// What setup made, for the runtime to run.
@@ -263,9 +289,9 @@ fn setup(role: Role, plan: Plan, socket: Option<PathBuf>) -> anyhow::Result<Setu
     let backend = AeadBackend::default();
     let table = build_table(&identity, interface.mode, &peers, backend)?;
     let udp = match (&client, listen_udp) {
-        (Some(c), _) if c.transport == Transport::Udp => Some(client_udp()?),
-        (None, Some(addr)) => Some(bind_udp(addr)?),
-        _ => None,
+        (Some(c), _) if c.transport == Transport::Udp => client_udp(interface.queues)?,
+        (None, Some(addr)) => bind_udp_group(addr, interface.queues)?,
+        _ => Vec::new(),
     };
     let tcp = match listen_tcp {
         Some(addr) => Some(bind_tcp(addr)?),
@@ -282,10 +308,7 @@ fn setup(role: Role, plan: Plan, socket: Option<PathBuf>) -> anyhow::Result<Setu
     {
         p.set_endpoint(crate::engine::PeerAddr::Udp(ep));
     }
-    let queue = iface
-        .take_queues()
-        .pop()
-        .context("the device has no queue")?;
+    let queues = iface.take_queues();
     match interface.run_as {
         Some(to) => {
             privs::drop_to(to)
@@ -315,7 +338,7 @@ fn setup(role: Role, plan: Plan, socket: Option<PathBuf>) -> anyhow::Result<Setu
             table,
             udp,
             tcp,
-            tun: queue,
+            tun: queues,
             tun_offloads: iface.offloads(),
             udp_offload: interface.offload,
             client,

@@ -71,6 +71,9 @@ pub struct Status {
     pub drops: BTreeMap<String, u64>,
     /// Learned MAC addresses (TAP servers).
     pub mac_table_entries: usize,
+    /// Packets read from each device queue (one entry per queue).
+    #[serde(default)]
+    pub queue_packets: Vec<u64>,
 }
 
 fn ratio(wire: u64, inner: u64) -> Option<f64> {
@@ -145,6 +148,11 @@ pub fn snapshot(shared: &Shared) -> Status {
             .map(|(k, v)| (k.to_owned(), v))
             .collect(),
         mac_table_entries: shared.switch.len(),
+        queue_packets: shared
+            .queue_packets
+            .iter()
+            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+            .collect(),
     }
 }
 
@@ -187,6 +195,15 @@ pub fn render(s: &Status) -> String {
     let _ = writeln!(o, "  public key: {}", s.public_key);
     if !s.listening.is_empty() {
         let _ = writeln!(o, "  listening: {}", s.listening.join(", "));
+    }
+    if s.queue_packets.len() > 1 {
+        let counts: Vec<String> = s.queue_packets.iter().map(u64::to_string).collect();
+        let _ = writeln!(
+            o,
+            "  queues: {} (packets read from each: {})",
+            s.queue_packets.len(),
+            counts.join(", ")
+        );
     }
     if s.mode == "tap" && s.mac_table_entries > 0 {
         let _ = writeln!(o, "  learned MAC addresses: {}", s.mac_table_entries);

@@ -122,6 +122,18 @@ fn bad_values_point_at_the_value() {
             "needs an mtu of at least 1280",
         ),
         (
+            "mtu = 1420",
+            "queues = 0\nmtu = 1420",
+            "5:10",
+            "queues 0 is outside 1..=64",
+        ),
+        (
+            "mtu = 1420",
+            "queues = 65\nmtu = 1420",
+            "5:10",
+            "queues 65 is outside 1..=64",
+        ),
+        (
             "\"10.77.0.1/24\"",
             "\"10.77.0.1\"",
             "6:12",
@@ -261,6 +273,7 @@ fn a_client_config_loads_with_defaults() {
     let p = d.write("client.toml", &CLIENT.replace("PUB", &server.to_base64()));
     let c = ClientConfig::load(&p).unwrap();
     assert_eq!(c.interface.mtu, DEFAULT_MTU);
+    assert_eq!(c.interface.queues, 1);
     assert_eq!(c.transport, Transport::Udp);
     assert!(c.persist);
     assert_eq!(

@@ -1,5 +1,9 @@
-//! The tunnel device as the engine uses it: its queue, and whether packets carry a
+//! The tunnel device as the engine uses it: its queues, and whether packets carry a
 //! virtio-net header (TUN offloads on).
+//!
+//! With several queues (`[interface] queues`), queue `i` is read by send task `i` and
+//! written by UDP receive task `i`; the kernel keeps each flow on one queue, so no flow's
+//! packets are handled by two tasks at once.
 //!
 //! With offloads on, the send path reads through a [`vnet::Reader`] (TCP super-segments
 //! cut back into packets) and the UDP receive path writes through a [`vnet::Writer`]
@@ -11,21 +15,28 @@ use std::io;
 use ferrotun_device::AsyncQueue;
 use ferrotun_device::vnet::Offloads;
 
-/// The device queue and its offload state.
+/// The device queues and their offload state.
 pub struct Tun {
-    queue: AsyncQueue,
+    queues: Vec<AsyncQueue>,
     offloads: Option<Offloads>,
 }
 
 impl Tun {
-    /// A queue; `offloads` is `Some` when the device was opened with a virtio-net header.
-    pub fn new(queue: AsyncQueue, offloads: Option<Offloads>) -> Tun {
-        Tun { queue, offloads }
+    /// At least one queue; `offloads` is `Some` when the device was opened with a
+    /// virtio-net header.
+    pub fn new(queues: Vec<AsyncQueue>, offloads: Option<Offloads>) -> Tun {
+        assert!(!queues.is_empty(), "a device has at least one queue");
+        Tun { queues, offloads }
     }
 
-    /// The queue.
-    pub fn queue(&self) -> &AsyncQueue {
-        &self.queue
+    /// How many queues there are.
+    pub fn count(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// Queue `i` (modulo the number of queues).
+    pub fn queue(&self, i: usize) -> &AsyncQueue {
+        &self.queues[i % self.queues.len()]
     }
 
     /// The offloads on, if the device has a virtio-net header.
@@ -33,10 +44,17 @@ impl Tun {
         self.offloads
     }
 
-    /// Writes the packet at `buf[start..start + len]`. With a virtio-net header the
+    /// Writes the packet at `buf[start..start + len]` through queue `queue`. With a virtio-net header the
     /// [`ferrotun_device::VNET_HDR_LEN`] bytes before `start` are overwritten with an empty header, so
     /// `start` must leave room for it (every buffer here has 16 bytes of headroom).
-    pub async fn write(&self, buf: &mut [u8], start: usize, len: usize) -> io::Result<()> {
+    pub async fn write(
+        &self,
+        queue: usize,
+        buf: &mut [u8],
+        start: usize,
+        len: usize,
+    ) -> io::Result<()> {
+        let q = self.queue(queue);
         match self.offloads {
             Some(_) => {
                 let h = start
@@ -48,10 +66,10 @@ impl Tun {
                         )
                     })?;
                 buf[h..start].fill(0);
-                self.queue.send(&buf[h..start + len]).await?;
+                q.send(&buf[h..start + len]).await?;
             }
             None => {
-                self.queue.send(&buf[start..start + len]).await?;
+                q.send(&buf[start..start + len]).await?;
             }
         }
         Ok(())

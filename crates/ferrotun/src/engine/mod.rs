@@ -298,14 +298,16 @@ pub struct Shared {
     /// The next slot a new peer gets (slots are never reused while the process runs, so a
     /// stale receiver index can never name a newer peer).
     pub next_slot: AtomicU32,
-    /// The UDP socket, if any.
-    pub udp: Option<UdpIo>,
+    /// The UDP sockets (one per device queue, all on one port), or none.
+    pub udp: Vec<UdpIo>,
     /// The device.
     pub tun: device::Tun,
     /// The MAC table of a TAP server.
     pub switch: Switch,
     /// Drop counters.
     pub drops: Drops,
+    /// Packets read from each device queue.
+    pub queue_packets: Box<[std::sync::atomic::AtomicU64]>,
     /// TCP connections waiting for a handshake.
     pub unauthenticated: Unauthenticated,
     /// Wakes the control task.
@@ -363,7 +365,7 @@ impl Shared {
     pub async fn transmit(&self, bytes: &[u8], to: &PeerAddr) {
         match to {
             PeerAddr::Udp(addr) => {
-                let Some(sock) = &self.udp else {
+                let Some(sock) = self.udp(0) else {
                     self.drops.count(DropReason::SendFailed);
                     return;
                 };
@@ -378,6 +380,14 @@ impl Shared {
                     });
                 }
             }
+        }
+    }
+
+    /// The UDP socket task `i` uses, if there are any.
+    pub fn udp(&self, i: usize) -> Option<&UdpIo> {
+        match self.udp.len() {
+            0 => None,
+            n => Some(&self.udp[i % n]),
         }
     }
 
@@ -456,12 +466,12 @@ pub struct EngineConfig {
     pub backend: AeadBackend,
     /// The peers.
     pub table: PeerTable,
-    /// The bound UDP socket, if any.
-    pub udp: Option<std::net::UdpSocket>,
+    /// The bound UDP sockets (one per queue, sharing a port), or none.
+    pub udp: Vec<std::net::UdpSocket>,
     /// The bound TCP listener, if any (servers).
     pub tcp: Option<std::net::TcpListener>,
-    /// The device queue.
-    pub tun: ferrotun_device::Queue,
+    /// The device queues (at least one).
+    pub tun: Vec<ferrotun_device::Queue>,
     /// The offloads enabled on the device, if it has a virtio-net header.
     pub tun_offloads: Option<Offloads>,
     /// Whether UDP GSO/GRO may be used.
@@ -474,19 +484,19 @@ impl Engine {
     /// Starts the tasks. Must run inside a tokio runtime.
     pub fn start(cfg: EngineConfig) -> anyhow::Result<Engine> {
         let mut listening = Vec::new();
-        let udp = match cfg.udp {
-            Some(s) => {
-                let io = UdpIo::new(s, cfg.udp_offload)?;
+        let mut udp = Vec::with_capacity(cfg.udp.len());
+        for s in cfg.udp {
+            let io = UdpIo::new(s, cfg.udp_offload)?;
+            if udp.is_empty() {
                 listening.push((Transport::Udp, io.local_addr()?));
                 tracing::debug!(
                     gso = io.max_segments(),
                     gro = io.gro_segments(),
                     "UDP socket"
                 );
-                Some(io)
             }
-            None => None,
-        };
+            udp.push(io);
+        }
         let tcp = match cfg.tcp {
             Some(l) => {
                 l.set_nonblocking(true)?;
@@ -495,10 +505,14 @@ impl Engine {
             }
             None => None,
         };
+        anyhow::ensure!(!cfg.tun.is_empty(), "the device has no queue");
         let tun = cfg
             .tun
-            .into_async()
+            .into_iter()
+            .map(|q| q.into_async())
+            .collect::<Result<Vec<_>, _>>()
             .context("registering the device with the runtime")?;
+        let queue_count = tun.len();
         let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
         let next_slot = cfg.table.slots.len() as u32;
         let shared = Arc::new(Shared {
@@ -514,6 +528,7 @@ impl Engine {
             tun: device::Tun::new(tun, cfg.tun_offloads),
             switch: Switch::default(),
             drops: Drops::default(),
+            queue_packets: (0..queue_count).map(|_| Default::default()).collect(),
             unauthenticated: Unauthenticated::default(),
             wake: Notify::new(),
             inbound: tx,
@@ -522,9 +537,11 @@ impl Engine {
         });
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        tasks.spawn(send::send_path(shared.clone()));
-        if shared.udp.is_some() {
-            tasks.spawn(receive::udp_receive_path(shared.clone()));
+        for i in 0..shared.tun.count() {
+            tasks.spawn(send::send_path(shared.clone(), i));
+        }
+        for i in 0..shared.udp.len() {
+            tasks.spawn(receive::udp_receive_path(shared.clone(), i));
         }
         if let Some(l) = tcp {
             tasks.spawn(tcp::accept_loop(shared.clone(), l));

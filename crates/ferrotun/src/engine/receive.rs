@@ -79,8 +79,10 @@ pub struct Delivery {
 /// each holding one datagram or (with GRO) several of one size from one sender. Packets
 /// decrypted in place are written to the device together at the end of the batch, merged
 /// into super-segments when the device has offloads.
-pub async fn udp_receive_path(shared: Arc<Shared>) -> anyhow::Result<()> {
-    let udp = shared.udp.as_ref().context("no UDP socket")?;
+///
+/// Task `index` reads UDP socket `index` and writes to device queue `index`.
+pub async fn udp_receive_path(shared: Arc<Shared>, index: usize) -> anyhow::Result<()> {
+    let udp = shared.udp(index).context("no UDP socket")?;
     let mut bufs: Vec<Vec<u8>> = (0..RX_BUFFERS).map(|_| vec![0u8; RX_BUFFER_LEN]).collect();
     let mut metas = [quinn_udp::RecvMeta::default(); RX_BUFFERS];
     let mut scratch = ReceiveScratch::new(&shared);
@@ -125,7 +127,15 @@ pub async fn udp_receive_path(shared: Arc<Shared>) -> anyhow::Result<()> {
                 at = end;
             }
         }
-        write_deliveries(&shared, writer.as_mut(), &mut bufs, &deliveries, &mut lens).await;
+        write_deliveries(
+            &shared,
+            index,
+            writer.as_mut(),
+            &mut bufs,
+            &deliveries,
+            &mut lens,
+        )
+        .await;
     }
 }
 
@@ -134,6 +144,7 @@ pub async fn udp_receive_path(shared: Arc<Shared>) -> anyhow::Result<()> {
 /// super-segments where possible) when the device has offloads, else one by one.
 pub async fn write_deliveries<B: AsMut<[u8]>>(
     shared: &Shared,
+    queue: usize,
     writer: Option<&mut ferrotun_device::vnet::Writer>,
     bufs: &mut [B],
     deliveries: &[Delivery],
@@ -162,7 +173,7 @@ pub async fn write_deliveries<B: AsMut<[u8]>>(
                 }
             }
             if let Err(e) = w
-                .send_batch(shared.tun.queue(), &mut packets, HEADROOM, lens)
+                .send_batch(shared.tun.queue(queue), &mut packets, HEADROOM, lens)
                 .await
             {
                 shared.drop_packet(DropReason::SendFailed, || {
@@ -173,7 +184,7 @@ pub async fn write_deliveries<B: AsMut<[u8]>>(
         None => {
             for d in deliveries {
                 let buf = &mut bufs[d.buf].as_mut()[d.start - HEADROOM..d.start + d.len];
-                if let Err(e) = shared.tun.write(buf, HEADROOM, d.len).await {
+                if let Err(e) = shared.tun.write(queue, buf, HEADROOM, d.len).await {
                     shared.drop_packet(DropReason::SendFailed, || {
                         format!("writing to the device: {e}")
                     });
@@ -429,7 +440,7 @@ fn check_ip(shared: &Shared, table: &PeerTable, peer: &Peer, payload: &[u8]) -> 
 /// Writes `buf[HEADROOM..HEADROOM + len]` to the device; `wire_len` is what it took on the
 /// wire (for the compression counters).
 async fn write_device(shared: &Shared, peer: &Peer, buf: &mut [u8], len: usize, wire_len: usize) {
-    match shared.tun.write(buf, HEADROOM, len).await {
+    match shared.tun.write(0, buf, HEADROOM, len).await {
         Ok(()) => peer.traffic.received(len, wire_len),
         Err(e) => shared.drop_packet(DropReason::SendFailed, || {
             format!("writing to the device: {e}")

@@ -156,7 +156,9 @@ fn stage(shared: &Shared, peer: &Peer, buf: &[u8], len: usize) {
 }
 
 /// Reads packets from the device and sends them to their peers until the device fails.
-pub async fn send_path(shared: Arc<Shared>) -> anyhow::Result<()> {
+/// With several queues, task `index` reads queue `index` and sends through UDP socket
+/// `index`.
+pub async fn send_path(shared: Arc<Shared>, index: usize) -> anyhow::Result<()> {
     let frame = shared.frame_len();
     let stride = DATA_HEADER_LEN + frame + TRAILER;
     let mut arena = vec![0u8; SLOTS * stride];
@@ -174,7 +176,7 @@ pub async fn send_path(shared: Arc<Shared>) -> anyhow::Result<()> {
             let mut chunks = arena.chunks_exact_mut(stride);
             let mut slots: [&mut [u8]; SLOTS] =
                 std::array::from_fn(|_| chunks.next().expect("the arena holds SLOTS slots"));
-            let q = shared.tun.queue();
+            let q = shared.tun.queue(index);
             let r = match reader.as_mut() {
                 Some(r) => {
                     r.recv_batch(q, &mut slots, DATA_HEADER_LEN, &mut lens)
@@ -197,6 +199,7 @@ pub async fn send_path(shared: Arc<Shared>) -> anyhow::Result<()> {
                 Err(e) => return Err(e).context("reading from the device"),
             }
         };
+        shared.queue_packets[index].fetch_add(n as u64, Ordering::Relaxed);
         let now = Instant::now();
         let table = shared.table.load_full();
         let addr = Arc::as_ptr(&table) as usize;
@@ -225,7 +228,7 @@ pub async fn send_path(shared: Arc<Shared>) -> anyhow::Result<()> {
             };
             sealed.push(out);
         }
-        transmit_batch(&shared, &mut arena, stride, &sealed).await;
+        transmit_batch(&shared, index, &mut arena, stride, &sealed).await;
     }
 }
 
@@ -233,6 +236,7 @@ pub async fn send_path(shared: Arc<Shared>) -> anyhow::Result<()> {
 /// size to one UDP address go out in one GSO send, after being moved together.
 async fn transmit_batch(
     shared: &Shared,
+    index: usize,
     arena: &mut [u8],
     stride: usize,
     sealed: &[Option<(usize, PeerAddr)>],
@@ -252,7 +256,7 @@ async fn transmit_batch(
                 continue;
             }
         };
-        let Some(udp) = &shared.udp else {
+        let Some(udp) = shared.udp(index) else {
             shared.drops.count(DropReason::SendFailed);
             i += 1;
             continue;

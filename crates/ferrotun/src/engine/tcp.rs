@@ -261,6 +261,7 @@ async fn read_loop(
         }
         write_deliveries(
             shared,
+            0,
             writer.as_mut(),
             &mut [&mut *buf],
             &deliveries,
