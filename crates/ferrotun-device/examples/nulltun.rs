@@ -1,14 +1,16 @@
 //! A null tunnel: the least a userspace tunnel can do. Packets read from a TUN device are
 //! sent as they are in UDP datagrams to one peer, and datagrams from it are written to the
-//! device; no encryption, no runtime, one blocking thread per direction. Its ping RTT is
-//! the floor for any design with the same hops (device → process → socket → process →
-//! device), which is what `scripts/bench.sh` compares ferrotun's idle RTT with.
+//! device; no encryption, no runtime, no batching: one thread waits in `poll(2)` on both
+//! descriptors and moves one packet at a time. Its ping RTT is the floor for any design
+//! with the same hops (device → process → socket → process → device) on the machine it
+//! runs on; `scripts/bench.sh` measures it beside ferrotun.
 //!
 //! usage: nulltun NAME ADDRESS/PREFIX BIND-ADDRESS:PORT PEER-ADDRESS:PORT
 
+use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use ferrotun_device::{DeviceBuilder, Mode};
 
@@ -34,25 +36,58 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     device.link().set_mtu(1420)?;
     device.link().add_address(address.parse()?)?;
     device.link().set_up(true)?;
-    let sock = Arc::new(UdpSocket::bind(bind.as_str())?);
-    let queue = Arc::new(device.into_queues().remove(0));
-    queue.set_nonblocking(false)?;
-    let (q, s) = (queue.clone(), sock.clone());
-    let outbound = std::thread::spawn(move || -> std::io::Result<()> {
-        let mut buf = vec![0u8; 65536];
-        loop {
-            let n = q.recv(&mut buf)?;
-            s.send_to(&buf[..n], peer)?;
-        }
-    });
+    let sock = UdpSocket::bind(bind.as_str())?;
+    sock.set_nonblocking(true)?;
+    let queue = device.into_queues().remove(0);
+    queue.set_nonblocking(true)?;
+    let mut fds = [
+        libc::pollfd {
+            fd: queue.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: sock.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
     let mut buf = vec![0u8; 65536];
     loop {
-        let (n, _) = sock.recv_from(&mut buf)?;
-        if let Err(e) = queue.send(&buf[..n]) {
-            eprintln!("nulltun: writing to the device: {e}");
+        // SAFETY: `fds` is a valid array of two pollfd structures that outlives the call.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e.into());
         }
-        if outbound.is_finished() {
-            return Err("the outbound thread stopped".into());
+        loop {
+            let mut moved = false;
+            match queue.recv(&mut buf) {
+                Ok(n) => {
+                    moved = true;
+                    if let Err(e) = sock.send_to(&buf[..n], peer) {
+                        eprintln!("nulltun: sending: {e}");
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+            match sock.recv_from(&mut buf) {
+                Ok((n, _)) => {
+                    moved = true;
+                    if let Err(e) = queue.send(&buf[..n]) {
+                        eprintln!("nulltun: writing to the device: {e}");
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+            if !moved {
+                break;
+            }
         }
     }
 }

@@ -748,6 +748,26 @@ fn bad_checksums_are_never_merged_and_pass_unchanged() {
 }
 
 #[test]
+fn a_trusting_writer_merges_without_verifying_and_marks_single_packets_valid() {
+    let sizes = [1000; 5];
+    let mut pkts = build(&stream(Flow::v4(1), 1, &sizes), &sizes);
+    pkts[2][100] ^= 1; // a payload byte: the checksum no longer verifies
+    let mut w = tso().trust_checksums(true);
+    let frames = coalesce(&mut w, &pkts, HEADROOM);
+    assert_eq!(shape(&frames), vec![5], "merged without checking");
+    assert_eq!(w.stats().bad_checksums, 0);
+    // A packet written alone carries DATA_VALID (and nothing else) in its header ...
+    let ack = stream(Flow::v4(1), 1, &[0])[0].packet(&[]);
+    let frames = coalesce(&mut w, std::slice::from_ref(&ack), HEADROOM);
+    assert_eq!(frames[0][0], ferrotun_device::vnet::flags::DATA_VALID);
+    assert!(frames[0][1..VNET].iter().all(|&b| b == 0));
+    assert_eq!(frames[0][VNET..], ack[..]);
+    // ... which a writer that does not trust leaves clear.
+    let frames = coalesce(&mut tso(), &[ack], HEADROOM);
+    assert!(frames[0][..VNET].iter().all(|&b| b == 0));
+}
+
+#[test]
 fn packets_of_a_flow_in_between_keep_their_place() {
     let sizes = [1000, 1000];
     let ts = stream(Flow::v4(1), 1, &sizes);

@@ -102,6 +102,7 @@ pub struct Writer {
     open: Vec<Open>,
     cursor: usize,
     stats: WriterStats,
+    trusted: bool,
 }
 
 /// A packet of the batch: its length and the next packet of its super-segment.
@@ -207,7 +208,17 @@ impl Writer {
             open: Vec::new(),
             cursor: 0,
             stats: WriterStats::default(),
+            trusted: false,
         }
+    }
+
+    /// Trusts the packets' integrity (they were authenticated on the way, as a tunnel's
+    /// decrypted packets are): checksums are not verified before merging, and packets
+    /// written alone are marked `DATA_VALID`, so the kernel does not verify them either.
+    /// Kernel WireGuard treats decrypted packets the same way (`CHECKSUM_UNNECESSARY`).
+    pub fn trust_checksums(mut self, on: bool) -> Writer {
+        self.trusted = on;
+        self
     }
 
     /// The offloads this writer produces frames for.
@@ -486,7 +497,7 @@ impl Writer {
                     _ => return Append::No,
                 };
             }
-            if !m.head_checked {
+            if !m.head_checked && !self.trusted {
                 if !transport_checksum_ok(head, &m) {
                     self.stats.bad_checksums += 1;
                     // The head goes out alone, and the kernel drops it.
@@ -495,7 +506,7 @@ impl Writer {
                 }
                 m.head_checked = true;
             }
-            if !transport_checksum_ok(pkt, &m) {
+            if !self.trusted && !transport_checksum_ok(pkt, &m) {
                 self.stats.bad_checksums += 1;
                 self.items[item_index].merge = Some(m);
                 return Append::BadCandidate;
@@ -532,14 +543,18 @@ impl Writer {
         let merge = match item.merge {
             Some(m) if item.count > 1 => m,
             _ => {
+                let header = HeaderRepr {
+                    data_valid: self.trusted,
+                    ..HeaderRepr::NONE
+                };
                 let buf = packets[first].as_mut();
                 if offset >= VNET_HDR_LEN {
                     let frame = &mut buf[offset - VNET_HDR_LEN..offset + first_len];
-                    HeaderRepr::NONE.emit_into(frame);
+                    header.emit_into(frame);
                     return Some(frame);
                 }
                 let frame = &mut self.scratch[..VNET_HDR_LEN + first_len];
-                HeaderRepr::NONE.emit_into(frame);
+                header.emit_into(frame);
                 frame[VNET_HDR_LEN..].copy_from_slice(&buf[offset..offset + first_len]);
                 return Some(frame);
             }

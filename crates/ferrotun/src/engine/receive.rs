@@ -90,7 +90,7 @@ pub async fn udp_receive_path(shared: Arc<Shared>, index: usize) -> anyhow::Resu
     let mut writer = shared
         .tun
         .offloads()
-        .map(|o| ferrotun_device::vnet::Writer::with_layer(o, layer));
+        .map(|o| ferrotun_device::vnet::Writer::with_layer(o, layer).trust_checksums(true));
     let mut deliveries: Vec<Delivery> = Vec::with_capacity(RX_BUFFERS * 64);
     let mut lens: Vec<usize> = Vec::with_capacity(RX_BUFFERS * 64);
     loop {

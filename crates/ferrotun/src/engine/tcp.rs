@@ -207,7 +207,7 @@ async fn read_loop(
     let mut writer = shared
         .tun
         .offloads()
-        .map(|o| vnet::Writer::with_layer(o, layer));
+        .map(|o| vnet::Writer::with_layer(o, layer).trust_checksums(true));
     let mut frames: Vec<Range<usize>> = Vec::with_capacity(256);
     let mut deliveries: Vec<Delivery> = Vec::with_capacity(256);
     let mut lens: Vec<usize> = Vec::with_capacity(256);
