@@ -12,13 +12,17 @@
 # With --peers, the other tunnels of ../shared/bench/peers.sh are measured after it in the
 # same run (it installs what it can), so ratios come from one run.
 #
-# usage: sudo ./scripts/bench.sh [--peers [NAME...]] [--secs N] [--only raw,null,udp,tcp,tap,mem]
+# With --runs N every ferrotun/veth figure is the median of N rounds (single runs on a
+# shared VM vary by a third).
+#
+# usage: sudo ./scripts/bench.sh [--peers [NAME...]] [--secs N] [--runs N] [--only raw,null,udp,tcp,tap,mem]
 #        env: OFFLOAD=off runs ferrotun without TUN/UDP offloads (for comparisons);
 #             QUEUES=N gives both ends N device queues ([interface] queues).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 SECS=8
+RUNS=1
 PEERS=0
 PEER_NAMES=()
 ONLY="raw,null,udp,tcp,tap,mem"
@@ -26,8 +30,9 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --peers) PEERS=1; shift; while [ $# -gt 0 ] && [[ "$1" != --* ]]; do PEER_NAMES+=("$1"); shift; done ;;
     --secs) SECS=$2; shift 2 ;;
+    --runs) RUNS=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -116,39 +121,54 @@ cpu_ticks() { # sum of utime+stime of the given pids
   echo $s
 }
 ROWS=()
-measure() { # label target pid...
+measure() { # label target pid...: RUNS rounds of (1 stream, 4 streams, ping); medians
   local label=$1 target=$2; shift 2
   local pids=("$@")
   if ! wait_ping "$target"; then ROWS+=("| $label | failed: no ping | | | |"); return; fi
   ip netns exec "$A" iperf3 -s -D -p 5299 -I "$W/iperf.pid" >/dev/null 2>&1
   sleep 0.3
-  local c0 c1 j1 j4 rtt
-  c0=$(cpu_ticks "${pids[@]}")
-  j1=$(timeout $((SECS + 20)) ip netns exec "$B" iperf3 -c "$target" -p 5299 -t "$SECS" -J 2>/dev/null || true)
-  c1=$(cpu_ticks "${pids[@]}")
-  j4=$(timeout $((SECS + 20)) ip netns exec "$B" iperf3 -c "$target" -p 5299 -t "$SECS" -P 4 -J 2>/dev/null || true)
+  local r c0 c1
+  rm -f "$W"/run.*
+  for r in $(seq 1 "$RUNS"); do
+    c0=$(cpu_ticks "${pids[@]}")
+    timeout $((SECS + 20)) ip netns exec "$B" iperf3 -c "$target" -p 5299 -t "$SECS" -J >"$W/run.$r.1" 2>/dev/null || true
+    c1=$(cpu_ticks "${pids[@]}")
+    echo "$((c1 - c0))" >"$W/run.$r.cpu"
+    timeout $((SECS + 20)) ip netns exec "$B" iperf3 -c "$target" -p 5299 -t "$SECS" -P 4 -J >"$W/run.$r.4" 2>/dev/null || true
+    ip netns exec "$B" ping -n -c 20 -i 0.05 -q "$target" 2>/dev/null | awk -F/ '/rtt/ {print $5}' >"$W/run.$r.rtt"
+  done
   kill "$(cat "$W/iperf.pid")" 2>/dev/null || true
   rm -f "$W/iperf.pid"
-  rtt=$(ip netns exec "$B" ping -n -c 20 -i 0.05 -q "$target" 2>/dev/null | awk -F/ '/rtt/ {printf "%.3f", $5}')
   local row
-  row=$(python3 - "$c0" "$c1" "$(getconf CLK_TCK)" "${#pids[@]}" 3<<<"$j1" 4<<<"$j4" <<'PY'
-import json, os, sys
-c0, c1, hz, n = (int(x) for x in sys.argv[1:5])
-def rate(fd):
+  row=$(python3 - "$W" "$RUNS" "$(getconf CLK_TCK)" "${#pids[@]}" <<'PY'
+import json, statistics, sys
+w, runs, hz, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+def rate(path):
     try:
-        d = json.load(os.fdopen(fd))["end"]["sum_received"]
+        d = json.load(open(path))["end"]["sum_received"]
         return d["bits_per_second"] / 1e9, d["bytes"]
     except Exception:
         return 0.0, 0
-g1, b1 = rate(3)
-g4, _ = rate(4)
-cpu = "%.2f" % (((c1 - c0) / hz) / (b1 / 1e9)) if n and b1 else "-"
-print("%.2f | %.2f | %s" % (g1, g4, cpu))
+g1, g4, rtt, cpu = [], [], [], []
+for r in range(1, runs + 1):
+    g, b = rate("%s/run.%d.1" % (w, r))
+    g1.append(g)
+    g4.append(rate("%s/run.%d.4" % (w, r))[0])
+    try:
+        rtt.append(float(open("%s/run.%d.rtt" % (w, r)).read()))
+    except ValueError:
+        pass
+    ticks = int(open("%s/run.%d.cpu" % (w, r)).read())
+    if n and b:
+        cpu.append(ticks / hz / (b / 1e9))
+med = statistics.median
+print("%.2f | %.2f | %s | %s" % (med(g1), med(g4), "%.3f" % med(rtt) if rtt else "?",
+                                 "%.2f" % med(cpu) if cpu else "-"))
 PY
 )
-  IFS='|' read -r g1 g4 cpg <<<"$row"
-  ROWS+=("| $label | ${g1// /} | ${g4// /} | ${rtt:-?} | ${cpg// /} |")
-  echo "  $label: ${g1// /} / ${g4// /} Gbit/s, rtt ${rtt:-?} ms, ${cpg// /} CPU s/GB" >&2
+  IFS='|' read -r g1 g4 rtt cpg <<<"$row"
+  ROWS+=("| $label | ${g1// /} | ${g4// /} | ${rtt// /} | ${cpg// /} |")
+  echo "  $label: ${g1// /} / ${g4// /} Gbit/s, rtt ${rtt// /} ms, ${cpg// /} CPU s/GB" >&2
 }
 run_ferrotun() { # label server-config client-config
   ip netns exec "$A" "$SERVER" -q -c "$W/$2" --socket "$W/s.sock" 2>"$W/server.log" &
@@ -159,7 +179,7 @@ run_ferrotun() { # label server-config client-config
   stop_tunnel
 }
 
-echo "bench.sh: $SECS s per figure" >&2
+echo "bench.sh: $SECS s per figure, median of $RUNS" >&2
 [[ ",$ONLY," == *,raw,* ]] && measure "raw veth, no tunnel" 198.18.0.1
 run_null() {
   ip netns exec "$A" "$NULLTUN" ftnull0 10.78.0.1/24 198.18.0.1:5000 198.18.0.2:5000 2>"$W/null-a.log" &
@@ -207,7 +227,7 @@ MEM=""
 [[ ",$ONLY," == *,mem,* ]] && memory
 
 echo
-echo "$(date -u +%Y-%m-%d), kernel $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores, iperf3 $SECS s per figure"
+echo "$(date -u +%Y-%m-%d), kernel $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores, iperf3 $SECS s per figure, median of $RUNS"
 echo
 echo "| path | 1 stream Gbit/s | 4 streams Gbit/s | RTT ms | tunnel CPU s/GB |"
 echo "|---|---|---|---|---|"
