@@ -23,6 +23,11 @@ missing=()
 for cmd in "${!need[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
 done
+# The container tests mount /bin/busybox as the image's shell: it must be the static one
+# (Debian's plain busybox package is dynamically linked).
+if [ -x /bin/busybox ] && ! LC_ALL=C ldd /bin/busybox 2>&1 | grep -q "not a dynamic executable"; then
+  missing+=(busybox-static)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
