@@ -7,7 +7,7 @@
 #
 # Paths: the raw veth, ferrotun UDP/TUN, TCP/TUN and UDP/TAP, from the example configs,
 # and a null tunnel (crates/ferrotun-device/examples/nulltun.rs: TUN to plain UDP, no
-# encryption, one blocking thread per direction), the floor for any userspace tunnel's RTT.
+# encryption, one thread in poll(2)), the floor for any userspace tunnel's RTT.
 # Then memory: a server's resident set with no peers and with 1000 idle peers.
 # With --peers, the other tunnels of ../shared/bench/peers.sh are measured after it in the
 # same run (it installs what it can), so ratios come from one run.
@@ -36,6 +36,8 @@ while [ $# -gt 0 ]; do
     *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+[[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --runs takes a whole number from 1" >&2; exit 2; }
+[[ "${QUEUES:-1}" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: QUEUES takes a whole number from 1" >&2; exit 2; }
 if [ "$(id -u)" -ne 0 ]; then
   echo "bench.sh: needs root (network namespaces, /dev/net/tun)" >&2
   exit 1
@@ -149,11 +151,15 @@ def rate(path):
         return d["bits_per_second"] / 1e9, d["bytes"]
     except Exception:
         return 0.0, 0
+# A round whose iperf3 failed is left out of the medians (all failed: 0).
 g1, g4, rtt, cpu = [], [], [], []
 for r in range(1, runs + 1):
     g, b = rate("%s/run.%d.1" % (w, r))
-    g1.append(g)
-    g4.append(rate("%s/run.%d.4" % (w, r))[0])
+    if b:
+        g1.append(g)
+    g = rate("%s/run.%d.4" % (w, r))[0]
+    if g:
+        g4.append(g)
     try:
         rtt.append(float(open("%s/run.%d.rtt" % (w, r)).read()))
     except ValueError:
@@ -161,7 +167,8 @@ for r in range(1, runs + 1):
     ticks = int(open("%s/run.%d.cpu" % (w, r)).read())
     if n and b:
         cpu.append(ticks / hz / (b / 1e9))
-med = statistics.median
+def med(xs):
+    return statistics.median(xs) if xs else 0.0
 print("%.2f | %.2f | %s | %s" % (med(g1), med(g4), "%.3f" % med(rtt) if rtt else "?",
                                  "%.2f" % med(cpu) if cpu else "-"))
 PY

@@ -748,7 +748,7 @@ fn bad_checksums_are_never_merged_and_pass_unchanged() {
 }
 
 #[test]
-fn a_trusting_writer_merges_without_verifying_and_marks_single_packets_valid() {
+fn a_trusting_writer_merges_without_verifying_and_the_kernel_sums_afresh() {
     let sizes = [1000; 5];
     let mut pkts = build(&stream(Flow::v4(1), 1, &sizes), &sizes);
     pkts[2][100] ^= 1; // a payload byte: the checksum no longer verifies
@@ -756,15 +756,11 @@ fn a_trusting_writer_merges_without_verifying_and_marks_single_packets_valid() {
     let frames = coalesce(&mut w, &pkts, HEADROOM);
     assert_eq!(shape(&frames), vec![5], "merged without checking");
     assert_eq!(w.stats().bad_checksums, 0);
-    // A packet written alone carries DATA_VALID (and nothing else) in its header ...
-    let ack = stream(Flow::v4(1), 1, &[0])[0].packet(&[]);
-    let frames = coalesce(&mut w, std::slice::from_ref(&ack), HEADROOM);
-    assert_eq!(frames[0][0], ferrotun_device::vnet::flags::DATA_VALID);
-    assert!(frames[0][1..VNET].iter().all(|&b| b == 0));
-    assert_eq!(frames[0][VNET..], ack[..]);
-    // ... which a writer that does not trust leaves clear.
-    let frames = coalesce(&mut tso(), &[ack], HEADROOM);
-    assert!(frames[0][..VNET].iter().all(|&b| b == 0));
+    // The merged frame asks for a new checksum over all of it (NEEDS_CSUM) ...
+    assert_eq!(frames[0][0], ferrotun_device::vnet::flags::NEEDS_CSUM);
+    // ... and carries every payload byte as it came, the flipped one included.
+    assert_eq!(resplit(&frames[0]).len(), 5);
+    assert_eq!(frames[0][VNET + 52 + 2 * 1000 + 100 - 52], pkts[2][100]);
 }
 
 #[test]

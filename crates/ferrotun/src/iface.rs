@@ -6,6 +6,7 @@
 //! path reads from it. Any failure on the way drops the device, which removes it: no
 //! half-configured interface is ever left behind.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -118,30 +119,12 @@ impl Interface {
         self.mtu
     }
 
-    /// Adds routes that `after` has and `before` lacks, removes the opposite (reload).
-    /// Failures are logged: the tunnel keeps running with the routes it has.
-    pub fn update_routes(&self, before: &[IpNet], after: &[IpNet]) {
-        for r in after
-            .iter()
-            .filter(|r| !before.contains(r) && !covered(&self.addresses, r))
-        {
-            match self.link.add_route(*r, None) {
-                Ok(()) => tracing::info!(interface = %self.name(), route = %r, "route added"),
-                Err(e) => {
-                    tracing::warn!(interface = %self.name(), route = %r, "adding a route: {e}")
-                }
-            }
-        }
-        for r in before
-            .iter()
-            .filter(|r| !after.contains(r) && !covered(&self.addresses, r))
-        {
-            match self.link.del_route(*r, None) {
-                Ok(()) => tracing::info!(interface = %self.name(), route = %r, "route removed"),
-                Err(e) => {
-                    tracing::warn!(interface = %self.name(), route = %r, "removing a route: {e}")
-                }
-            }
+    /// What updating the routes needs, for another thread (a reload runs off the
+    /// runtime's thread).
+    pub fn routes(&self) -> Routes {
+        Routes {
+            link: self.link.clone(),
+            addresses: self.addresses.clone(),
         }
     }
 
@@ -177,5 +160,39 @@ fn covered(addresses: &[IpNet], r: &IpNet) -> bool {
 fn log_output(hook: &str, out: &str) {
     for line in out.lines().filter(|l| !l.trim().is_empty()) {
         tracing::info!(hook, "{line}");
+    }
+}
+
+/// The interface's link and addresses, for changing its routes on reload.
+pub struct Routes {
+    link: Link,
+    addresses: Vec<IpNet>,
+}
+
+impl Routes {
+    /// Adds routes that `after` has and `before` lacks, removes the opposite. Failures are
+    /// logged: the tunnel keeps running with the routes it has.
+    pub fn update(&self, before: &[IpNet], after: &[IpNet]) {
+        let name = self.link.name();
+        let (was, now): (HashSet<&IpNet>, HashSet<&IpNet>) =
+            (before.iter().collect(), after.iter().collect());
+        for r in after
+            .iter()
+            .filter(|r| !was.contains(r) && !covered(&self.addresses, r))
+        {
+            match self.link.add_route(*r, None) {
+                Ok(()) => tracing::info!(interface = %name, route = %r, "route added"),
+                Err(e) => tracing::warn!(interface = %name, route = %r, "adding a route: {e}"),
+            }
+        }
+        for r in before
+            .iter()
+            .filter(|r| !now.contains(r) && !covered(&self.addresses, r))
+        {
+            match self.link.del_route(*r, None) {
+                Ok(()) => tracing::info!(interface = %name, route = %r, "route removed"),
+                Err(e) => tracing::warn!(interface = %name, route = %r, "removing a route: {e}"),
+            }
+        }
     }
 }

@@ -213,9 +213,11 @@ impl Writer {
     }
 
     /// Trusts the packets' integrity (they were authenticated on the way, as a tunnel's
-    /// decrypted packets are): checksums are not verified before merging, and packets
-    /// written alone are marked `DATA_VALID`, so the kernel does not verify them either.
-    /// Kernel WireGuard treats decrypted packets the same way (`CHECKSUM_UNNECESSARY`).
+    /// decrypted packets are): segments are merged without verifying their checksums
+    /// first, and the merged frame asks the kernel for a fresh one (`NEEDS_CSUM`), as for
+    /// any merged frame. Kernel WireGuard trusts decrypted packets the same way (it marks
+    /// them `CHECKSUM_UNNECESSARY`). Packets written alone are untouched, and the kernel
+    /// verifies them as usual (a TUN write ignores `DATA_VALID`).
     pub fn trust_checksums(mut self, on: bool) -> Writer {
         self.trusted = on;
         self
@@ -543,18 +545,14 @@ impl Writer {
         let merge = match item.merge {
             Some(m) if item.count > 1 => m,
             _ => {
-                let header = HeaderRepr {
-                    data_valid: self.trusted,
-                    ..HeaderRepr::NONE
-                };
                 let buf = packets[first].as_mut();
                 if offset >= VNET_HDR_LEN {
                     let frame = &mut buf[offset - VNET_HDR_LEN..offset + first_len];
-                    header.emit_into(frame);
+                    HeaderRepr::NONE.emit_into(frame);
                     return Some(frame);
                 }
                 let frame = &mut self.scratch[..VNET_HDR_LEN + first_len];
-                header.emit_into(frame);
+                HeaderRepr::NONE.emit_into(frame);
                 frame[VNET_HDR_LEN..].copy_from_slice(&buf[offset..offset + first_len]);
                 return Some(frame);
             }

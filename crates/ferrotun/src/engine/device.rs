@@ -8,7 +8,7 @@
 //! With offloads on, the send path reads through a [`vnet::Reader`] (TCP super-segments
 //! cut back into packets) and the UDP receive path writes through a [`vnet::Writer`]
 //! (segments of one flow merged into super-segments); every other write goes through
-//! [`Tun::write`], which puts a header marking the packet valid in front. Without offloads packets are plain.
+//! [`Tun::write`], which puts an empty header in front. Without offloads packets are plain.
 
 use std::io;
 
@@ -46,8 +46,8 @@ impl Tun {
 
     /// Writes the decrypted packet at `buf[start..start + len]` through queue `queue`.
     /// With a virtio-net header the [`ferrotun_device::VNET_HDR_LEN`] bytes before `start`
-    /// are overwritten with a header that marks it valid, so `start` must leave room for
-    /// it (every buffer here has 16 bytes of headroom).
+    /// are overwritten with an empty header, so `start` must leave room for it (every
+    /// buffer here has 16 bytes of headroom).
     pub async fn write(
         &self,
         queue: usize,
@@ -66,11 +66,7 @@ impl Tun {
                             "no headroom for the virtio-net header",
                         )
                     })?;
-                // An empty header but for DATA_VALID: every packet written here was
-                // authenticated by the AEAD, so the kernel need not verify its checksum
-                // (kernel WireGuard marks decrypted packets CHECKSUM_UNNECESSARY too).
                 buf[h..start].fill(0);
-                buf[h] = ferrotun_device::vnet::flags::DATA_VALID;
                 q.send(&buf[h..start + len]).await?;
             }
             None => {

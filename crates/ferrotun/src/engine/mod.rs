@@ -567,54 +567,6 @@ impl Engine {
         }
     }
 
-    /// Replaces the peers: peers whose key and settings are unchanged keep their slot,
-    /// session and traffic (their allowed IPs may change); changed peers start a new
-    /// session; removed peers are cut off. Returns (added, removed, changed) names.
-    pub fn reload(&self, peers: &[PeerConfig]) -> anyhow::Result<ReloadSummary> {
-        let s = &self.shared;
-        let old = s.table.load_full();
-        let mut summary = ReloadSummary::default();
-        let mut next: Vec<Arc<Peer>> = Vec::with_capacity(peers.len());
-        for pc in peers {
-            let existing = old
-                .by_key
-                .get(&pc.public_key)
-                .and_then(|slot| old.get(*slot));
-            match existing {
-                Some(p) if p.config.same_session(pc) => {
-                    if p.allowed_ips().as_slice() != pc.allowed_ips.as_slice()
-                        || p.name() != pc.name
-                    {
-                        summary.changed.push(pc.name.clone());
-                    }
-                    p.set_allowed_ips(pc.allowed_ips.clone());
-                    next.push(p.clone());
-                }
-                Some(p) => {
-                    summary.changed.push(pc.name.clone());
-                    p.disconnect();
-                    let slot = s.next_slot.fetch_add(1, Ordering::Relaxed);
-                    next.push(make_peer(&s.identity, s.mode, slot, pc, s.backend)?);
-                }
-                None => {
-                    summary.added.push(pc.name.clone());
-                    let slot = s.next_slot.fetch_add(1, Ordering::Relaxed);
-                    next.push(make_peer(&s.identity, s.mode, slot, pc, s.backend)?);
-                }
-            }
-        }
-        let kept: std::collections::HashSet<u32> = next.iter().map(|p| p.slot).collect();
-        for p in old.peers().filter(|p| !kept.contains(&p.slot)) {
-            if !summary.changed.contains(&p.config.name) {
-                summary.removed.push(p.config.name.clone());
-            }
-            p.disconnect();
-        }
-        s.table.store(Arc::new(assemble(next)));
-        s.wake.notify_one();
-        Ok(summary)
-    }
-
     /// Stops every task and waits for them, releasing the device queue and the sockets.
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
@@ -624,6 +576,53 @@ impl Engine {
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
     }
+}
+
+/// Replaces the peers: peers whose key and settings are unchanged keep their slot,
+/// session and traffic (their allowed IPs may change); changed peers start a new
+/// session; removed peers are cut off. Returns (added, removed, changed) names. Safe
+/// while the data paths run (the table is swapped whole); it takes a while for many new
+/// peers (a key agreement each), so the runner calls it off the runtime's thread.
+pub fn reload_peers(s: &Shared, peers: &[PeerConfig]) -> anyhow::Result<ReloadSummary> {
+    let old = s.table.load_full();
+    let mut summary = ReloadSummary::default();
+    let mut next: Vec<Arc<Peer>> = Vec::with_capacity(peers.len());
+    for pc in peers {
+        let existing = old
+            .by_key
+            .get(&pc.public_key)
+            .and_then(|slot| old.get(*slot));
+        match existing {
+            Some(p) if p.config.same_session(pc) => {
+                if p.allowed_ips().as_slice() != pc.allowed_ips.as_slice() || p.name() != pc.name {
+                    summary.changed.push(pc.name.clone());
+                }
+                p.set_allowed_ips(pc.allowed_ips.clone());
+                next.push(p.clone());
+            }
+            Some(p) => {
+                summary.changed.push(pc.name.clone());
+                p.disconnect();
+                let slot = s.next_slot.fetch_add(1, Ordering::Relaxed);
+                next.push(make_peer(&s.identity, s.mode, slot, pc, s.backend)?);
+            }
+            None => {
+                summary.added.push(pc.name.clone());
+                let slot = s.next_slot.fetch_add(1, Ordering::Relaxed);
+                next.push(make_peer(&s.identity, s.mode, slot, pc, s.backend)?);
+            }
+        }
+    }
+    let kept: std::collections::HashSet<u32> = next.iter().map(|p| p.slot).collect();
+    for p in old.peers().filter(|p| !kept.contains(&p.slot)) {
+        if !summary.changed.contains(&p.config.name) {
+            summary.removed.push(p.config.name.clone());
+        }
+        p.disconnect();
+    }
+    s.table.store(Arc::new(assemble(next)));
+    s.wake.notify_one();
+    Ok(summary)
 }
 
 /// What a reload changed.

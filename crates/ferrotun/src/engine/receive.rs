@@ -37,12 +37,21 @@ pub struct ReceiveScratch {
 
 /// What switching a frame on to other peers needs.
 struct Forwarder {
+    /// The device queue to write to (the receive task's).
+    queue: usize,
     forward: Vec<u8>,
     flood: Vec<u8>,
     sealer: Sealer,
 }
 
 impl ReceiveScratch {
+    /// Packets written one at a time go to device queue `queue` (default 0): the receive
+    /// task's own, so that all of a flow's packets enter the device through one queue.
+    pub fn writing_to(mut self, queue: usize) -> ReceiveScratch {
+        self.fwd.queue = queue;
+        self
+    }
+
     /// Scratch for `shared`'s frame size.
     pub fn new(shared: &Shared) -> ReceiveScratch {
         let frame = shared.frame_len();
@@ -51,6 +60,7 @@ impl ReceiveScratch {
             now: Instant::now(),
             plain: vec![0u8; HEADROOM + shared.plain_len()],
             fwd: Forwarder {
+                queue: 0,
                 forward: vec![0u8; sealed],
                 flood: vec![0u8; sealed],
                 sealer: Sealer::new(frame),
@@ -85,7 +95,7 @@ pub async fn udp_receive_path(shared: Arc<Shared>, index: usize) -> anyhow::Resu
     let udp = shared.udp(index).context("no UDP socket")?;
     let mut bufs: Vec<Vec<u8>> = (0..RX_BUFFERS).map(|_| vec![0u8; RX_BUFFER_LEN]).collect();
     let mut metas = [quinn_udp::RecvMeta::default(); RX_BUFFERS];
-    let mut scratch = ReceiveScratch::new(&shared);
+    let mut scratch = ReceiveScratch::new(&shared).writing_to(index);
     let layer = ferrotun_device::vnet::Layer::from(shared.mode);
     let mut writer = shared
         .tun
@@ -267,6 +277,7 @@ async fn receive_data(
     src: Source<'_>,
     scratch: &mut ReceiveScratch,
 ) -> Verdict {
+    let queue = scratch.fwd.queue;
     let receiver = match DataMessage::new_checked(&buf[..]) {
         Ok(m) => m.receiver(),
         Err(e) => {
@@ -379,7 +390,7 @@ async fn receive_data(
     match shared.mode {
         Mode::Tun => {
             if let Some(n) = check_ip(shared, &table, peer, &payload[HEADROOM..]) {
-                write_device(shared, peer, payload, n, wire_len).await;
+                write_device(shared, queue, peer, payload, n, wire_len).await;
             }
         }
         Mode::Tap => {
@@ -439,8 +450,15 @@ fn check_ip(shared: &Shared, table: &PeerTable, peer: &Peer, payload: &[u8]) -> 
 
 /// Writes `buf[HEADROOM..HEADROOM + len]` to the device; `wire_len` is what it took on the
 /// wire (for the compression counters).
-async fn write_device(shared: &Shared, peer: &Peer, buf: &mut [u8], len: usize, wire_len: usize) {
-    match shared.tun.write(0, buf, HEADROOM, len).await {
+async fn write_device(
+    shared: &Shared,
+    queue: usize,
+    peer: &Peer,
+    buf: &mut [u8],
+    len: usize,
+    wire_len: usize,
+) {
+    match shared.tun.write(queue, buf, HEADROOM, len).await {
         Ok(()) => peer.traffic.received(len, wire_len),
         Err(e) => shared.drop_packet(DropReason::SendFailed, || {
             format!("writing to the device: {e}")
@@ -501,7 +519,7 @@ async fn forward_frame(
 ) {
     let len = buf.len() - HEADROOM;
     match port {
-        Port::Device => write_device(shared, peer, buf, len, wire_len).await,
+        Port::Device => write_device(shared, fwd.queue, peer, buf, len, wire_len).await,
         Port::Hairpin => {
             peer.drops.count(DropReason::Hairpin);
             shared.drops.count(DropReason::Hairpin);
@@ -518,7 +536,7 @@ async fn forward_frame(
         }
         Port::Flood => {
             fwd.forward[DATA_HEADER_LEN..DATA_HEADER_LEN + len].copy_from_slice(&buf[HEADROOM..]);
-            write_device(shared, peer, buf, len, wire_len).await;
+            write_device(shared, fwd.queue, peer, buf, len, wire_len).await;
             flood_to_peers(
                 shared,
                 table,
