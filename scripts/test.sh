@@ -25,8 +25,9 @@ for cmd in "${!need[@]}"; do
 done
 # The container tests mount /bin/busybox as the image's shell: it must be the static one
 # (Debian's plain busybox package is dynamically linked).
-if [ -x /bin/busybox ] && ! LC_ALL=C ldd /bin/busybox 2>&1 | grep -q "not a dynamic executable"; then
-  missing+=(busybox-static)
+if [ -x /bin/busybox ]; then
+  linked=$(LC_ALL=C ldd /bin/busybox 2>&1 || true) # ldd exits 1 for a static binary
+  [[ "$linked" == *"not a dynamic executable"* ]] || missing+=(busybox-static)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}" >&2
