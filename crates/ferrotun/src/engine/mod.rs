@@ -345,6 +345,24 @@ impl Shared {
             .max(ferrotun_proto::wire::INITIATION_LEN)
     }
 
+    /// The offload reader of a send path, if the device has a virtio-net header.
+    pub fn device_reader(&self) -> Option<ferrotun_device::vnet::Reader> {
+        let layer = ferrotun_device::vnet::Layer::from(self.mode);
+        self.tun
+            .offloads()
+            .map(|_| ferrotun_device::vnet::Reader::with_layer(layer))
+    }
+
+    /// The offload writer of a receive path, if the device has a virtio-net header. What
+    /// it writes was decrypted, so it merges without verifying checksums (the AEAD tag
+    /// already proved the packets intact).
+    pub fn device_writer(&self) -> Option<ferrotun_device::vnet::Writer> {
+        let layer = ferrotun_device::vnet::Layer::from(self.mode);
+        self.tun
+            .offloads()
+            .map(|o| ferrotun_device::vnet::Writer::with_layer(o, layer).trust_checksums(true))
+    }
+
     /// The longest packet the device hands us: the MTU, plus the Ethernet header in TAP
     /// mode.
     pub fn frame_len(&self) -> usize {

@@ -96,11 +96,7 @@ pub async fn udp_receive_path(shared: Arc<Shared>, index: usize) -> anyhow::Resu
     let mut bufs: Vec<Vec<u8>> = (0..RX_BUFFERS).map(|_| vec![0u8; RX_BUFFER_LEN]).collect();
     let mut metas = [quinn_udp::RecvMeta::default(); RX_BUFFERS];
     let mut scratch = ReceiveScratch::new(&shared).writing_to(index);
-    let layer = ferrotun_device::vnet::Layer::from(shared.mode);
-    let mut writer = shared
-        .tun
-        .offloads()
-        .map(|o| ferrotun_device::vnet::Writer::with_layer(o, layer).trust_checksums(true));
+    let mut writer = shared.device_writer();
     let mut deliveries: Vec<Delivery> = Vec::with_capacity(RX_BUFFERS * 64);
     let mut lens: Vec<usize> = Vec::with_capacity(RX_BUFFERS * 64);
     loop {

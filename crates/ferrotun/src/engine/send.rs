@@ -16,7 +16,6 @@ use std::time::Instant;
 
 use anyhow::Context;
 use ferrotun_device::Mode;
-use ferrotun_device::vnet;
 use ferrotun_proto::session::{REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME};
 use ferrotun_proto::transport::TransportError;
 use ferrotun_proto::wire::DATA_HEADER_LEN;
@@ -166,10 +165,7 @@ pub async fn send_path(shared: Arc<Shared>, index: usize) -> anyhow::Result<()> 
     let mut sealed: Vec<Option<(usize, PeerAddr)>> = Vec::with_capacity(SLOTS);
     let mut sealer = Sealer::new(frame);
     let mut flood = vec![0u8; stride];
-    let mut reader = shared
-        .tun
-        .offloads()
-        .map(|_| vnet::Reader::with_layer(vnet::Layer::from(shared.mode)));
+    let mut reader = shared.device_reader();
     let mut table_seen = 0usize;
     loop {
         let n = {

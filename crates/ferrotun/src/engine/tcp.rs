@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use ferrotun_device::vnet;
 use ferrotun_proto::StreamDecoder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -203,11 +202,7 @@ async fn read_loop(
     const READ_BUFFER: usize = 256 * 1024;
     let mut decoder = StreamDecoder::with_capacity(shared.max_message(), READ_BUFFER);
     let mut scratch = ReceiveScratch::new(shared);
-    let layer = vnet::Layer::from(shared.mode);
-    let mut writer = shared
-        .tun
-        .offloads()
-        .map(|o| vnet::Writer::with_layer(o, layer).trust_checksums(true));
+    let mut writer = shared.device_writer();
     let mut frames: Vec<Range<usize>> = Vec::with_capacity(256);
     let mut deliveries: Vec<Delivery> = Vec::with_capacity(256);
     let mut lens: Vec<usize> = Vec::with_capacity(256);
