@@ -414,6 +414,26 @@ fn sighup_adds_and_removes_peers_while_a_third_keeps_its_transfer() {
         lab.host("d").unwrap(),
     );
     let carol_cfg = carol(&cfg);
+    // Bob and carol each bring a prefix outside the interface's own, so the reload must
+    // remove bob's route and add carol's.
+    let extra = |file: &str, ip: &str, prefix: &str| {
+        let text = cfg.read(file).replace(
+            &format!("\"{ip}/32\""),
+            &format!("\"{ip}/32\", \"{prefix}\""),
+        );
+        assert!(text.contains(prefix), "{file}: {text}");
+        std::fs::write(cfg.path(file), text).unwrap();
+    };
+    extra("peers/bob.toml", "10.77.0.3", "10.99.3.0/24");
+    extra("carol.peer", "10.77.0.4", "10.99.4.0/24");
+    let route = |prefix: &str| {
+        let out = a
+            .command("ip")
+            .args(["route", "show", prefix])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
     let mut server = start_server(&lab, a, &cfg.server());
     let _alice = start_client(&lab, b, "alice", &cfg.client());
     let _bob = start_client(&lab, c, "bob", &bob(&cfg));
@@ -439,10 +459,14 @@ fn sighup_adds_and_removes_peers_while_a_third_keeps_its_transfer() {
         std::thread::sleep(Duration::from_millis(500));
         std::fs::remove_file(cfg.path("peers/bob.toml")).unwrap();
         std::fs::copy(cfg.path("carol.peer"), cfg.path("peers/carol.toml")).unwrap();
+        assert!(route("10.99.3.0/24").contains("dev ftun0"), "bob's route");
+        assert_eq!(route("10.99.4.0/24"), "", "no route for carol yet");
         server.signal(Signal::Hup).unwrap();
         server
             .wait_for_output("SIGHUP: peers reloaded", Duration::from_secs(5))
             .unwrap();
+        assert_eq!(route("10.99.3.0/24"), "", "bob's route went with him");
+        assert!(route("10.99.4.0/24").contains("dev ftun0"), "carol's route");
         assert!(
             !t.is_finished(),
             "the transfer should outlast the reload; slow it down more"

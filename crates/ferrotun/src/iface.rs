@@ -173,26 +173,22 @@ impl Routes {
     /// Adds routes that `after` has and `before` lacks, removes the opposite. Failures are
     /// logged: the tunnel keeps running with the routes it has.
     pub fn update(&self, before: &[IpNet], after: &[IpNet]) {
+        type Change = fn(&Link, IpNet, Option<u32>) -> Result<(), DeviceError>;
         let name = self.link.name();
-        let (was, now): (HashSet<&IpNet>, HashSet<&IpNet>) =
-            (before.iter().collect(), after.iter().collect());
-        for r in after
-            .iter()
-            .filter(|r| !was.contains(r) && !covered(&self.addresses, r))
-        {
-            match self.link.add_route(*r, None) {
-                Ok(()) => tracing::info!(interface = %name, route = %r, "route added"),
-                Err(e) => tracing::warn!(interface = %name, route = %r, "adding a route: {e}"),
+        // Each route of `routes` that `other` lacks and the addresses do not cover.
+        let apply = |routes: &[IpNet], other: &[IpNet], change: Change, done: &str, doing: &str| {
+            let other: HashSet<&IpNet> = other.iter().collect();
+            for r in routes
+                .iter()
+                .filter(|r| !other.contains(r) && !covered(&self.addresses, r))
+            {
+                match change(&self.link, *r, None) {
+                    Ok(()) => tracing::info!(interface = %name, route = %r, "{done}"),
+                    Err(e) => tracing::warn!(interface = %name, route = %r, "{doing} a route: {e}"),
+                }
             }
-        }
-        for r in before
-            .iter()
-            .filter(|r| !now.contains(r) && !covered(&self.addresses, r))
-        {
-            match self.link.del_route(*r, None) {
-                Ok(()) => tracing::info!(interface = %name, route = %r, "route removed"),
-                Err(e) => tracing::warn!(interface = %name, route = %r, "removing a route: {e}"),
-            }
-        }
+        };
+        apply(after, before, Link::add_route, "route added", "adding");
+        apply(before, after, Link::del_route, "route removed", "removing");
     }
 }
