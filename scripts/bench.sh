@@ -17,7 +17,8 @@
 #
 # usage: sudo ./scripts/bench.sh [--peers [NAME...]] [--secs N] [--runs N] [--only raw,null,udp,tcp,tap,mem]
 #        env: OFFLOAD=off runs ferrotun without TUN/UDP offloads (for comparisons);
-#             QUEUES=N gives both ends N device queues ([interface] queues).
+#             QUEUES=N gives both ends N device queues ([interface] queues);
+#             AEAD=ring (or avx512, rustcrypto) picks the ChaCha20-Poly1305 backend.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -32,12 +33,13 @@ while [ $# -gt 0 ]; do
     --secs) SECS=$2; shift 2 ;;
     --runs) RUNS=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --runs takes a whole number from 1" >&2; exit 2; }
 [[ "${QUEUES:-1}" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: QUEUES takes a whole number from 1" >&2; exit 2; }
+[[ "${AEAD:-auto}" =~ ^(auto|avx512|ring|rustcrypto)$ ]] || { echo "bench.sh: AEAD is one of auto, avx512, ring, rustcrypto" >&2; exit 2; }
 if [ "$(id -u)" -ne 0 ]; then
   echo "bench.sh: needs root (network namespaces, /dev/net/tun)" >&2
   exit 1
@@ -100,6 +102,7 @@ done
 extra=""
 [ "${OFFLOAD:-on}" = off ] && extra+='\noffload = false'
 [ -n "${QUEUES:-}" ] && extra+="\nqueues = $QUEUES"
+[ -n "${AEAD:-}" ] && extra+="\naead_backend = \"$AEAD\""
 offload="s/^\(mtu = [0-9]*\).*/\1$extra/;"
 # Variants of the example configs: TCP transport, TAP mode.
 sed -e "$offload" config/server.toml | sed 's|^udp = "\[::\]:51820"|udp = "[::]:51820"\ntcp = "[::]:51820"|' > "$W/server.toml"

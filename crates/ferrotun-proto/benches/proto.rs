@@ -36,6 +36,7 @@ fn keypairs(backend: AeadBackend) -> (Keypair, Keypair) {
 
 fn name(b: AeadBackend) -> &'static str {
     match b {
+        AeadBackend::Avx512 => "avx512",
         AeadBackend::Ring => "ring",
         AeadBackend::RustCrypto => "rustcrypto",
     }

@@ -213,10 +213,10 @@ pub fn data_open(data: &[u8]) {
         return;
     };
     let now = Instant::now();
-    let backend = if mode & 0x80 != 0 {
-        AeadBackend::RustCrypto
-    } else {
-        AeadBackend::Ring
+    let backend = match mode >> 6 {
+        0 => AeadBackend::Ring,
+        1 => AeadBackend::Avx512,
+        _ => AeadBackend::RustCrypto,
     };
     let a = Keypair::new(backend, &[1; 32], &[2; 32], 7, 9, now, true);
     let b = Keypair::new(backend, &[2; 32], &[1; 32], 9, 7, now, false);

@@ -15,7 +15,7 @@
 //! | [`keys`] | x25519 private/public keys, preshared keys, base64 like `wg genkey` |
 //! | [`entropy`] | the injectable randomness source ([`Entropy`], [`OsEntropy`], [`SeededEntropy`]) |
 //! | [`wire`] | zero-copy views of the four message types, [`wire::Message::classify`] |
-//! | [`aead`] | the transport AEAD trait and its two backends (ring, RustCrypto) |
+//! | [`aead`] | the transport AEAD trait and its three backends (AVX-512, ring, RustCrypto) |
 //! | [`handshake`] | Noise_IKpsk2 as WireGuard lays it out; mac1/mac2, cookies, TAI64N |
 //! | [`replay`] | the RFC 6479 anti-replay bitmap (8192 bits) |
 //! | [`transport`] | [`Keypair`]: seal/open of data messages in caller buffers, thread-safe |

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ferrotun_device::Mode;
-use ferrotun_proto::{PresharedKey, PrivateKey, PublicKey};
+use ferrotun_proto::{AeadBackend, PresharedKey, PrivateKey, PublicKey};
 use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
@@ -170,6 +170,8 @@ struct RawInterface {
     #[serde(default)]
     queues: Option<Spanned<i64>>,
     #[serde(default)]
+    aead_backend: Option<Spanned<String>>,
+    #[serde(default)]
     user: Option<Spanned<String>>,
     #[serde(default)]
     group: Option<Spanned<String>>,
@@ -283,6 +285,9 @@ pub struct InterfaceConfig {
     /// Device queues, each with its own UDP socket (one port, `SO_REUSEPORT`) and its own
     /// send and receive tasks.
     pub queues: usize,
+    /// Which ChaCha20-Poly1305 implementation carries data (`auto`: the fastest this CPU
+    /// runs).
+    pub aead_backend: AeadBackend,
     /// Who to run as once the device, the sockets and the `up` hook are set up.
     pub run_as: Option<crate::privs::RunAs>,
 }
@@ -473,6 +478,29 @@ fn parse_interface(src: &Source, raw: RawInterface) -> Result<InterfaceConfig, C
             v as usize
         }
     };
+    let aead_backend = match &raw.aead_backend {
+        None => AeadBackend::default(),
+        Some(b) => match b.get_ref().as_str() {
+            "auto" => AeadBackend::default(),
+            "ring" => AeadBackend::Ring,
+            "rustcrypto" => AeadBackend::RustCrypto,
+            "avx512" if AeadBackend::Avx512.is_available() => AeadBackend::Avx512,
+            "avx512" => {
+                return Err(src.at(
+                    b,
+                    "aead_backend \"avx512\" needs a CPU with AVX-512F, AVX-512VL and AVX-512 IFMA, and this one lacks them (\"auto\" picks ring here)",
+                ));
+            }
+            other => {
+                return Err(src.at(
+                    b,
+                    format!(
+                        "aead_backend {other:?} is not one of \"auto\", \"avx512\", \"ring\", \"rustcrypto\""
+                    ),
+                ));
+            }
+        },
+    };
     let mtu = match &raw.mtu {
         None => DEFAULT_MTU,
         Some(m) => {
@@ -544,6 +572,7 @@ fn parse_interface(src: &Source, raw: RawInterface) -> Result<InterfaceConfig, C
         control_socket: raw.control_socket.map(|s| src.resolve(s.get_ref())),
         offload: raw.offload.unwrap_or(true),
         queues,
+        aead_backend,
         run_as,
     })
 }

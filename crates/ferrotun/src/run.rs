@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use ferrotun_proto::{AeadBackend, Identity};
+use ferrotun_proto::Identity;
 use ipnet::IpNet;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -293,7 +293,7 @@ fn setup(role: Role, plan: Plan, socket: Option<PathBuf>) -> anyhow::Result<Setu
         None => None,
     };
     let identity = Arc::new(Identity::new(interface.private_key.clone()));
-    let backend = AeadBackend::default();
+    let backend = interface.aead_backend;
     let table = build_table(&identity, interface.mode, &peers, backend)?;
     let udp = match (&client, listen_udp) {
         (Some(c), _) if c.transport == Transport::Udp => client_udp(interface.queues)?,
@@ -377,6 +377,7 @@ async fn serve(setup: Setup) -> anyhow::Result<()> {
         listening = ?engine.shared.listening.iter().map(|(t, a)| format!("{t} {a}")).collect::<Vec<_>>(),
         control = %control.path().display(),
         peers,
+        aead = ?engine.shared.backend,
         "tunnel running"
     );
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

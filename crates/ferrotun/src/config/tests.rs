@@ -134,6 +134,12 @@ fn bad_values_point_at_the_value() {
             "queues 65 is outside 1..=64",
         ),
         (
+            "mtu = 1420",
+            "aead_backend = \"openssl\"\nmtu = 1420",
+            "5:16",
+            "aead_backend \"openssl\" is not one of \"auto\", \"avx512\", \"ring\", \"rustcrypto\"",
+        ),
+        (
             "\"10.77.0.1/24\"",
             "\"10.77.0.1\"",
             "6:12",
@@ -274,6 +280,10 @@ fn a_client_config_loads_with_defaults() {
     let c = ClientConfig::load(&p).unwrap();
     assert_eq!(c.interface.mtu, DEFAULT_MTU);
     assert_eq!(c.interface.queues, 1);
+    assert_eq!(
+        c.interface.aead_backend,
+        ferrotun_proto::AeadBackend::default()
+    );
     assert_eq!(c.transport, Transport::Udp);
     assert!(c.persist);
     assert_eq!(
@@ -328,4 +338,37 @@ fn mac_addresses_parse_and_refuse_multicast() {
     assert_eq!(parse_mac("02:00:00:00:00:01:02"), None);
     assert_eq!(parse_mac("2:00:00:00:00:01"), None);
     assert_eq!(parse_mac("00:00:00:00:00:00"), None);
+}
+
+#[test]
+fn aead_backend_names_each_implementation() {
+    use ferrotun_proto::AeadBackend;
+    let d = Dir::new();
+    d.key("client.key", 7);
+    let server = d.key("server.key", 8);
+    let base = CLIENT.replace("PUB", &server.to_base64());
+    for (name, want) in [
+        ("auto", AeadBackend::default()),
+        ("ring", AeadBackend::Ring),
+        ("rustcrypto", AeadBackend::RustCrypto),
+        ("avx512", AeadBackend::Avx512),
+    ] {
+        let text = base.replace(
+            "name = \"ftun1\"",
+            &format!("name = \"ftun1\"\naead_backend = \"{name}\""),
+        );
+        assert_ne!(text, base);
+        let p = d.write("client.toml", &text);
+        match ClientConfig::load(&p) {
+            Ok(c) => assert_eq!(c.interface.aead_backend, want, "{name}"),
+            // Only avx512, and only on a CPU without it, may be refused.
+            Err(e) => {
+                assert!(
+                    name == "avx512" && !AeadBackend::Avx512.is_available(),
+                    "{name}: {e}"
+                );
+                assert!(e.to_string().contains("needs a CPU with AVX-512F"), "{e}");
+            }
+        }
+    }
 }

@@ -1,0 +1,341 @@
+//! ChaCha20 (RFC 8439 §2.3–2.4) sixteen blocks at a time on AVX-512F, eight at a time on
+//! AVX-512VL for short tails.
+//!
+//! Responsible for XORing the keystream into a buffer from a given block counter on, and
+//! for handing out block 0's first 32 bytes (the Poly1305 one-time key) from the same pass.
+//! The state is kept "vertically": register `x[j]` holds word `j` of sixteen consecutive
+//! blocks, one block per 32-bit lane, so a round is plain lane-wise adds, XORs and
+//! rotations (`vprold`) with no shuffles; a 16×16 word transposition at the end turns the
+//! lanes back into sixteen 64-byte blocks. Not responsible for checking lengths: callers
+//! keep messages under 2^32 blocks so the 32-bit counter cannot wrap.
+
+use std::arch::x86_64::*;
+
+/// "expand 32-byte k" (RFC 8439 §2.3).
+const SIGMA: [u32; 4] = [0x6170_7865, 0x3320_646e, 0x7962_2d32, 0x6b20_6574];
+
+/// One quarter round (RFC 8439 §2.1) on four registers of `x`, with the given vector ops.
+macro_rules! quarter {
+    ($add:ident, $xor:ident, $rol:ident, $x:ident, $a:expr, $b:expr, $c:expr, $d:expr) => {
+        $x[$a] = $add($x[$a], $x[$b]);
+        $x[$d] = $rol::<16>($xor($x[$d], $x[$a]));
+        $x[$c] = $add($x[$c], $x[$d]);
+        $x[$b] = $rol::<12>($xor($x[$b], $x[$c]));
+        $x[$a] = $add($x[$a], $x[$b]);
+        $x[$d] = $rol::<8>($xor($x[$d], $x[$a]));
+        $x[$c] = $add($x[$c], $x[$d]);
+        $x[$b] = $rol::<7>($xor($x[$b], $x[$c]));
+    };
+}
+
+/// Twenty rounds: ten column-and-diagonal double rounds (RFC 8439 §2.3), then the input
+/// state added back.
+macro_rules! twenty_rounds {
+    ($add:ident, $xor:ident, $rol:ident, $init:ident) => {{
+        let mut x = $init;
+        for _ in 0..10 {
+            quarter!($add, $xor, $rol, x, 0, 4, 8, 12);
+            quarter!($add, $xor, $rol, x, 1, 5, 9, 13);
+            quarter!($add, $xor, $rol, x, 2, 6, 10, 14);
+            quarter!($add, $xor, $rol, x, 3, 7, 11, 15);
+            quarter!($add, $xor, $rol, x, 0, 5, 10, 15);
+            quarter!($add, $xor, $rol, x, 1, 6, 11, 12);
+            quarter!($add, $xor, $rol, x, 2, 7, 8, 13);
+            quarter!($add, $xor, $rol, x, 3, 4, 9, 14);
+        }
+        for (w, i) in x.iter_mut().zip($init) {
+            *w = $add(*w, i);
+        }
+        x
+    }};
+}
+
+/// The constant, key and nonce words of the state; word 12 (the counter) varies per lane.
+fn state_words(key: &[u32; 8], nonce: &[u8; 12]) -> [u32; 16] {
+    let mut s = [0u32; 16];
+    s[..4].copy_from_slice(&SIGMA);
+    s[4..12].copy_from_slice(key);
+    for (w, b) in s[13..].iter_mut().zip(nonce.chunks_exact(4)) {
+        *w = u32::from_le_bytes(b.try_into().expect("chunks_exact(4) gives 4 bytes"));
+    }
+    s
+}
+
+/// Blocks `counter .. counter + 16`, each as one 64-byte register in byte order.
+#[target_feature(enable = "avx512f")]
+fn blocks16(words: &[u32; 16], counter: u32) -> [__m512i; 16] {
+    let mut init = [_mm512_setzero_si512(); 16];
+    for (v, &w) in init.iter_mut().zip(words) {
+        *v = _mm512_set1_epi32(w as i32);
+    }
+    let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    init[12] = _mm512_add_epi32(_mm512_set1_epi32(counter as i32), lanes);
+    let x = twenty_rounds!(_mm512_add_epi32, _mm512_xor_si512, _mm512_rol_epi32, init);
+
+    // Transpose 16×16 words. Within each 128-bit lane k, words 4g..4g+3 of blocks
+    // 4k..4k+3 become rows `u[g][i]` (block 4k+i) after two unpack stages; then a 4×4
+    // transposition of 128-bit lanes gathers block 4k+i's four rows into one register.
+    let mut u = [[_mm512_setzero_si512(); 4]; 4];
+    for (g, row) in u.iter_mut().enumerate() {
+        let [a, b, c, d] = [x[4 * g], x[4 * g + 1], x[4 * g + 2], x[4 * g + 3]];
+        let t0 = _mm512_unpacklo_epi32(a, b);
+        let t1 = _mm512_unpackhi_epi32(a, b);
+        let t2 = _mm512_unpacklo_epi32(c, d);
+        let t3 = _mm512_unpackhi_epi32(c, d);
+        *row = [
+            _mm512_unpacklo_epi64(t0, t2),
+            _mm512_unpackhi_epi64(t0, t2),
+            _mm512_unpacklo_epi64(t1, t3),
+            _mm512_unpackhi_epi64(t1, t3),
+        ];
+    }
+    let mut out = [_mm512_setzero_si512(); 16];
+    for i in 0..4 {
+        let a = _mm512_shuffle_i32x4::<0x44>(u[0][i], u[1][i]);
+        let b = _mm512_shuffle_i32x4::<0xee>(u[0][i], u[1][i]);
+        let c = _mm512_shuffle_i32x4::<0x44>(u[2][i], u[3][i]);
+        let d = _mm512_shuffle_i32x4::<0xee>(u[2][i], u[3][i]);
+        out[i] = _mm512_shuffle_i32x4::<0x88>(a, c);
+        out[4 + i] = _mm512_shuffle_i32x4::<0xdd>(a, c);
+        out[8 + i] = _mm512_shuffle_i32x4::<0x88>(b, d);
+        out[12 + i] = _mm512_shuffle_i32x4::<0xdd>(b, d);
+    }
+    out
+}
+
+/// Blocks `counter .. counter + 8`, each as two 32-byte registers in byte order.
+#[target_feature(enable = "avx512f,avx512vl")]
+fn blocks8(words: &[u32; 16], counter: u32) -> [[__m256i; 2]; 8] {
+    let mut init = [_mm256_setzero_si256(); 16];
+    for (v, &w) in init.iter_mut().zip(words) {
+        *v = _mm256_set1_epi32(w as i32);
+    }
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    init[12] = _mm256_add_epi32(_mm256_set1_epi32(counter as i32), lanes);
+    let x = twenty_rounds!(_mm256_add_epi32, _mm256_xor_si256, _mm256_rol_epi32, init);
+
+    // As in `blocks16`, with two 128-bit lanes: block 4k+i is rows u[0..4][i], lane k.
+    let mut u = [[_mm256_setzero_si256(); 4]; 4];
+    for (g, row) in u.iter_mut().enumerate() {
+        let [a, b, c, d] = [x[4 * g], x[4 * g + 1], x[4 * g + 2], x[4 * g + 3]];
+        let t0 = _mm256_unpacklo_epi32(a, b);
+        let t1 = _mm256_unpackhi_epi32(a, b);
+        let t2 = _mm256_unpacklo_epi32(c, d);
+        let t3 = _mm256_unpackhi_epi32(c, d);
+        *row = [
+            _mm256_unpacklo_epi64(t0, t2),
+            _mm256_unpackhi_epi64(t0, t2),
+            _mm256_unpacklo_epi64(t1, t3),
+            _mm256_unpackhi_epi64(t1, t3),
+        ];
+    }
+    let mut out = [[_mm256_setzero_si256(); 2]; 8];
+    for i in 0..4 {
+        out[i] = [
+            _mm256_permute2x128_si256::<0x20>(u[0][i], u[1][i]),
+            _mm256_permute2x128_si256::<0x20>(u[2][i], u[3][i]),
+        ];
+        out[4 + i] = [
+            _mm256_permute2x128_si256::<0x31>(u[0][i], u[1][i]),
+            _mm256_permute2x128_si256::<0x31>(u[2][i], u[3][i]),
+        ];
+    }
+    out
+}
+
+/// Blocks `counter .. counter + 4`, each as one 64-byte register in byte order. Here the
+/// state is kept "horizontally", one block per 128-bit lane and one row of the state per
+/// register, with word rotations between column and diagonal rounds: a quarter of
+/// [`blocks16`]'s work, for messages of at most three blocks, whose latency it sets.
+#[target_feature(enable = "avx512f")]
+fn blocks4(words: &[u32; 16], counter: u32) -> [__m512i; 4] {
+    let row = |i: usize| {
+        let w = &words[4 * i..4 * i + 4];
+        _mm512_broadcast_i32x4(_mm_setr_epi32(
+            w[0] as i32,
+            w[1] as i32,
+            w[2] as i32,
+            w[3] as i32,
+        ))
+    };
+    let lanes = _mm512_setr_epi32(0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0);
+    let counters = _mm512_add_epi32(lanes, _mm512_setr4_epi32(counter as i32, 0, 0, 0));
+    let init = [row(0), row(1), row(2), _mm512_add_epi32(row(3), counters)];
+    let [mut a, mut b, mut c, mut d] = init;
+    for _ in 0..10 {
+        for diagonal in [false, true] {
+            a = _mm512_add_epi32(a, b);
+            d = _mm512_rol_epi32::<16>(_mm512_xor_si512(d, a));
+            c = _mm512_add_epi32(c, d);
+            b = _mm512_rol_epi32::<12>(_mm512_xor_si512(b, c));
+            a = _mm512_add_epi32(a, b);
+            d = _mm512_rol_epi32::<8>(_mm512_xor_si512(d, a));
+            c = _mm512_add_epi32(c, d);
+            b = _mm512_rol_epi32::<7>(_mm512_xor_si512(b, c));
+            // Rotate rows 1–3 by 1, 2, 3 words so the diagonals line up as columns, and
+            // back after the diagonal round.
+            if diagonal {
+                b = _mm512_shuffle_epi32::<0x93>(b);
+                d = _mm512_shuffle_epi32::<0x39>(d);
+            } else {
+                b = _mm512_shuffle_epi32::<0x39>(b);
+                d = _mm512_shuffle_epi32::<0x93>(d);
+            }
+            c = _mm512_shuffle_epi32::<0x4e>(c);
+        }
+    }
+    let [a, b, c, d] = [
+        _mm512_add_epi32(a, init[0]),
+        _mm512_add_epi32(b, init[1]),
+        _mm512_add_epi32(c, init[2]),
+        _mm512_add_epi32(d, init[3]),
+    ];
+    // Block i is lane i of a, b, c, d: a 4×4 transposition of 128-bit lanes.
+    let t0 = _mm512_shuffle_i32x4::<0x44>(a, b);
+    let t1 = _mm512_shuffle_i32x4::<0xee>(a, b);
+    let t2 = _mm512_shuffle_i32x4::<0x44>(c, d);
+    let t3 = _mm512_shuffle_i32x4::<0xee>(c, d);
+    [
+        _mm512_shuffle_i32x4::<0x88>(t0, t2),
+        _mm512_shuffle_i32x4::<0xdd>(t0, t2),
+        _mm512_shuffle_i32x4::<0x88>(t1, t3),
+        _mm512_shuffle_i32x4::<0xdd>(t1, t3),
+    ]
+}
+
+/// XORs one 64-byte keystream block into `dst` (1..=64 bytes).
+#[target_feature(enable = "avx512f")]
+fn xor_block(dst: &mut [u8], ks: __m512i) {
+    if dst.len() == 64 {
+        let p = dst.as_mut_ptr();
+        // SAFETY: `dst` is 64 writable bytes; unaligned loads and stores are allowed.
+        unsafe {
+            let d = _mm512_loadu_si512(p.cast());
+            _mm512_storeu_si512(p.cast(), _mm512_xor_si512(d, ks));
+        }
+    } else {
+        let mut tmp = [0u8; 64];
+        // SAFETY: `tmp` is 64 writable bytes.
+        unsafe { _mm512_storeu_si512(tmp.as_mut_ptr().cast(), ks) };
+        for (o, k) in dst.iter_mut().zip(&tmp) {
+            *o ^= k;
+        }
+    }
+}
+
+/// XORs one 64-byte keystream block, given as two halves, into `dst` (1..=64 bytes).
+#[target_feature(enable = "avx512f,avx512vl")]
+fn xor_block_halves(dst: &mut [u8], ks: [__m256i; 2]) {
+    if dst.len() == 64 {
+        let p = dst.as_mut_ptr();
+        // SAFETY: `dst` is 64 writable bytes: two unaligned 32-byte loads and stores.
+        unsafe {
+            let lo = _mm256_loadu_si256(p.cast());
+            let hi = _mm256_loadu_si256(p.add(32).cast());
+            _mm256_storeu_si256(p.cast(), _mm256_xor_si256(lo, ks[0]));
+            _mm256_storeu_si256(p.add(32).cast(), _mm256_xor_si256(hi, ks[1]));
+        }
+    } else {
+        let mut tmp = [0u8; 64];
+        // SAFETY: `tmp` is 64 writable bytes, written as two 32-byte halves.
+        unsafe {
+            _mm256_storeu_si256(tmp.as_mut_ptr().cast(), ks[0]);
+            _mm256_storeu_si256(tmp.as_mut_ptr().add(32).cast(), ks[1]);
+        }
+        for (o, k) in dst.iter_mut().zip(&tmp) {
+            *o ^= k;
+        }
+    }
+}
+
+/// XORs the keystream of blocks `counter, counter + 1, …` into `buf`: sixteen blocks per
+/// pass while more than eight remain, then one pass of eight, or of four.
+#[target_feature(enable = "avx512f,avx512vl")]
+fn xor_from(words: &[u32; 16], mut counter: u32, buf: &mut [u8]) {
+    let mut rest = buf;
+    while rest.len() > 8 * 64 {
+        let ks = blocks16(words, counter);
+        let n = rest.len().min(16 * 64);
+        let (now, later) = rest.split_at_mut(n);
+        for (dst, k) in now.chunks_mut(64).zip(ks) {
+            xor_block(dst, k);
+        }
+        rest = later;
+        counter = counter.wrapping_add(16);
+    }
+    if rest.len() > 4 * 64 {
+        let ks = blocks8(words, counter);
+        for (dst, k) in rest.chunks_mut(64).zip(ks) {
+            xor_block_halves(dst, k);
+        }
+    } else if !rest.is_empty() {
+        let ks = blocks4(words, counter);
+        for (dst, k) in rest.chunks_mut(64).zip(ks) {
+            xor_block(dst, k);
+        }
+    }
+}
+
+/// Computes block 0 and hands its first 32 bytes (the Poly1305 key, RFC 8439 §2.6) to
+/// `check` together with the untouched `buf`; if `check` returns true, XORs the keystream
+/// from block 1 on into `buf`, else leaves `buf` alone. Block 0 comes from the same pass
+/// as blocks 1–15 (or 1–7, or 1–3 for a short `buf`), whose keystream waits while `check` runs, so
+/// opening a message computes no more blocks than sealing it. Returns what `check` did.
+#[target_feature(enable = "avx512f,avx512vl")]
+pub(crate) fn apply(
+    key: &[u32; 8],
+    nonce: &[u8; 12],
+    buf: &mut [u8],
+    check: impl FnOnce(&[u8; 32], &[u8]) -> bool,
+) -> bool {
+    let words = state_words(key, nonce);
+    let mut block0 = [0u8; 64];
+    let pass = if buf.len() > 7 * 64 {
+        let ks = blocks16(&words, 0);
+        // SAFETY: `block0` is 64 writable bytes.
+        unsafe { _mm512_storeu_si512(block0.as_mut_ptr().cast(), ks[0]) };
+        let pass = check(otk_of(&block0), buf);
+        if pass {
+            let n = buf.len().min(15 * 64);
+            let (now, later) = buf.split_at_mut(n);
+            for (dst, k) in now.chunks_mut(64).zip(&ks[1..]) {
+                xor_block(dst, *k);
+            }
+            xor_from(&words, 16, later);
+        }
+        pass
+    } else if buf.len() > 3 * 64 {
+        let ks = blocks8(&words, 0);
+        // SAFETY: `block0` is 64 writable bytes, written as two 32-byte halves.
+        unsafe {
+            _mm256_storeu_si256(block0.as_mut_ptr().cast(), ks[0][0]);
+            _mm256_storeu_si256(block0.as_mut_ptr().add(32).cast(), ks[0][1]);
+        }
+        let pass = check(otk_of(&block0), buf);
+        if pass {
+            for (dst, k) in buf.chunks_mut(64).zip(&ks[1..]) {
+                xor_block_halves(dst, *k);
+            }
+        }
+        pass
+    } else {
+        let ks = blocks4(&words, 0);
+        // SAFETY: `block0` is 64 writable bytes.
+        unsafe { _mm512_storeu_si512(block0.as_mut_ptr().cast(), ks[0]) };
+        let pass = check(otk_of(&block0), buf);
+        if pass {
+            for (dst, k) in buf.chunks_mut(64).zip(&ks[1..]) {
+                xor_block(dst, *k);
+            }
+        }
+        pass
+    };
+    zeroize::Zeroize::zeroize(&mut block0);
+    pass
+}
+
+fn otk_of(block0: &[u8; 64]) -> &[u8; 32] {
+    block0[..32]
+        .try_into()
+        .expect("a block is 64 bytes, the key its first 32")
+}

@@ -1,0 +1,186 @@
+//! ChaCha20-Poly1305 (RFC 8439) for x86-64 CPUs with AVX-512F, AVX-512VL and AVX-512 IFMA.
+//!
+//! Responsible for sealing and opening one message in place with a detached tag, as fast
+//! as those instruction sets allow at tunnel packet sizes: ChaCha20 runs sixteen blocks at
+//! once, one block per 32-bit lane of a 512-bit register ([`chacha`]); Poly1305 runs eight
+//! 16-byte blocks at once in radix 2^44 with the 52-bit multiply-add instructions
+//! ([`poly1305`]). Not responsible for choosing nonces, for CPUs without these features
+//! ([`ChaCha20Poly1305::new`] returns `None` there and the caller uses another backend), or
+//! for anything else of the protocol: `ferrotun-proto` wraps it behind its `Aead` trait.
+//!
+//! This crate exists so that `ferrotun-proto` can keep `#![forbid(unsafe_code)]`: calling
+//! a `#[target_feature]` function and loading a vector from memory are `unsafe`, and every
+//! such call here carries a `SAFETY:` comment. Nothing here branches on, or indexes memory
+//! by, a secret value: both algorithms are additions, rotations, multiplications and XORs.
+//! The tests check every length from 0 to 2048 bytes (and sampled lengths to 64 KiB)
+//! against `ring` byte for byte.
+
+#[cfg(target_arch = "x86_64")]
+mod chacha;
+#[cfg(target_arch = "x86_64")]
+mod poly1305;
+
+use zeroize::Zeroize;
+
+/// Length of the Poly1305 tag (RFC 8439 §2.5).
+pub const TAG_LEN: usize = 16;
+/// Length of a key (RFC 8439 §2.8).
+pub const KEY_LEN: usize = 32;
+/// Length of a nonce (RFC 8439 §2.8).
+pub const NONCE_LEN: usize = 12;
+/// The longest message one nonce may cover: block 0 keys Poly1305 and the 32-bit block
+/// counter must not wrap (RFC 8439 §2.8: 2^32 - 1 blocks of 64 bytes for the cipher).
+pub const MAX_LEN: u64 = ((1u64 << 32) - 1) * 64;
+
+/// Whether this CPU has what [`ChaCha20Poly1305`] needs.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512ifma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The AEAD refused: the tag did not verify, or the message was longer than [`MAX_LEN`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Error;
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChaCha20-Poly1305 authentication failed")
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// A ChaCha20-Poly1305 key. Its words are zeroized on drop.
+pub struct ChaCha20Poly1305 {
+    key: [u32; 8],
+}
+
+impl Drop for ChaCha20Poly1305 {
+    fn drop(&mut self) {
+        self.key.zeroize();
+    }
+}
+
+impl ChaCha20Poly1305 {
+    /// A key, or `None` when the CPU lacks AVX-512F, AVX-512VL or AVX-512 IFMA (the proof,
+    /// held by every value of this type, that the SIMD code may run).
+    pub fn new(key: &[u8; KEY_LEN]) -> Option<Self> {
+        if !available() {
+            return None;
+        }
+        let mut words = [0u32; 8];
+        for (w, b) in words.iter_mut().zip(key.chunks_exact(4)) {
+            *w = u32::from_le_bytes(b.try_into().expect("chunks_exact(4) gives 4 bytes"));
+        }
+        Some(ChaCha20Poly1305 { key: words })
+    }
+
+    /// Encrypts `buf` in place under `nonce` and `aad`; returns the tag.
+    pub fn seal_in_place(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], Error> {
+        if buf.len() as u64 > MAX_LEN {
+            return Err(Error);
+        }
+        let mut otk = [0u8; 32];
+        self.apply(nonce, buf, |k, _| {
+            otk = *k;
+            true
+        });
+        let tag = poly_tag(&otk, aad, buf);
+        otk.zeroize();
+        Ok(tag)
+    }
+
+    /// Verifies `tag` over `aad` and the ciphertext in `buf`, then decrypts `buf` in place.
+    /// On error `buf` is left as it was (still ciphertext).
+    pub fn open_in_place(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<(), Error> {
+        if buf.len() as u64 > MAX_LEN {
+            return Err(Error);
+        }
+        let verified = self.apply(nonce, buf, |otk, ct| {
+            equal_in_constant_time(&poly_tag(otk, aad, ct), tag)
+        });
+        if verified { Ok(()) } else { Err(Error) }
+    }
+
+    /// See `chacha::apply`.
+    fn apply(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        buf: &mut [u8],
+        check: impl FnOnce(&[u8; 32], &[u8]) -> bool,
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a `ChaCha20Poly1305` exists only where `available()` returned true, so the
+        // CPU has the AVX-512 features `chacha::apply` is compiled for.
+        let verified = unsafe { chacha::apply(&self.key, nonce, buf, check) };
+        #[cfg(not(target_arch = "x86_64"))]
+        let verified = {
+            let _ = (nonce, buf, check);
+            false
+        };
+        verified
+    }
+}
+
+/// The AEAD tag of RFC 8439 §2.8 under one-time key `otk`.
+fn poly_tag(otk: &[u8; 32], aad: &[u8], ct: &[u8]) -> [u8; TAG_LEN] {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: called only by methods of a `ChaCha20Poly1305`, whose existence proves that
+    // `available()` returned true, so the CPU has the features `aead_tag` is compiled for.
+    let tag = unsafe { poly1305::aead_tag(otk, aad, ct) };
+    #[cfg(not(target_arch = "x86_64"))]
+    let tag = {
+        let _ = (otk, aad, ct);
+        [0u8; TAG_LEN]
+    };
+    tag
+}
+
+/// Compares two tags without a branch or an early exit that depends on their contents.
+fn equal_in_constant_time(a: &[u8; TAG_LEN], b: &[u8; TAG_LEN]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// Entry points for the benchmarks in `benches/`, which see only the public API.
+#[doc(hidden)]
+pub mod bench_api {
+    /// The AEAD tag of RFC 8439 §2.8 under one-time key `otk`, or `None` without the CPU
+    /// features.
+    pub fn poly1305_aead_tag(otk: &[u8; 32], aad: &[u8], ct: &[u8]) -> Option<[u8; 16]> {
+        if !super::available() {
+            return None;
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `available()` just returned true.
+        let tag = unsafe { super::poly1305::aead_tag(otk, aad, ct) };
+        #[cfg(not(target_arch = "x86_64"))]
+        let tag = {
+            let _ = (otk, aad, ct);
+            [0u8; 16]
+        };
+        Some(tag)
+    }
+}
+
+#[cfg(test)]
+mod tests;
