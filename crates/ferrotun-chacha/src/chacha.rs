@@ -220,6 +220,7 @@ fn xor_block(dst: &mut [u8], ks: __m512i) {
         for (o, k) in dst.iter_mut().zip(&tmp) {
             *o ^= k;
         }
+        zeroize::Zeroize::zeroize(&mut tmp);
     }
 }
 
@@ -245,6 +246,7 @@ fn xor_block_halves(dst: &mut [u8], ks: [__m256i; 2]) {
         for (o, k) in dst.iter_mut().zip(&tmp) {
             *o ^= k;
         }
+        zeroize::Zeroize::zeroize(&mut tmp);
     }
 }
 
@@ -288,7 +290,7 @@ pub(crate) fn apply(
     buf: &mut [u8],
     check: impl FnOnce(&[u8; 32], &[u8]) -> bool,
 ) -> bool {
-    let words = state_words(key, nonce);
+    let mut words = state_words(key, nonce);
     let mut block0 = [0u8; 64];
     let pass = if buf.len() > 7 * 64 {
         let ks = blocks16(&words, 0);
@@ -331,6 +333,7 @@ pub(crate) fn apply(
         pass
     };
     zeroize::Zeroize::zeroize(&mut block0);
+    zeroize::Zeroize::zeroize(&mut words);
     pass
 }
 

@@ -52,15 +52,24 @@ pub struct Error;
 
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ChaCha20-Poly1305 authentication failed")
+        f.write_str("ChaCha20-Poly1305 refused: authentication failed, or message too long")
     }
 }
 
 impl std::error::Error for Error {}
 
-/// A ChaCha20-Poly1305 key. Its words are zeroized on drop.
+/// A ChaCha20-Poly1305 key. Its words are zeroized on drop; the copies a seal or an open
+/// makes on the stack (the state words, the one-time key, the partial-block keystream) are
+/// zeroized when it returns, but keystream and powers of the Poly1305 key may remain in
+/// vector registers and in the stack slots the compiler spills them to, as with every
+/// AEAD written in a language that does not control spills (ring's keys are not zeroized
+/// at all).
 pub struct ChaCha20Poly1305 {
     key: [u32; 8],
+    /// Off x86-64 no value of this type can exist: `new` returns `None`, and this field,
+    /// of a type without values, lets the compiler prove the SIMD calls unreachable.
+    #[cfg(not(target_arch = "x86_64"))]
+    never: std::convert::Infallible,
 }
 
 impl Drop for ChaCha20Poly1305 {
@@ -76,11 +85,15 @@ impl ChaCha20Poly1305 {
         if !available() {
             return None;
         }
-        let mut words = [0u32; 8];
-        for (w, b) in words.iter_mut().zip(key.chunks_exact(4)) {
+        let mut k = ChaCha20Poly1305 {
+            key: [0; 8],
+            #[cfg(not(target_arch = "x86_64"))]
+            never: unreachable!("available() is false off x86-64"),
+        };
+        for (w, b) in k.key.iter_mut().zip(key.chunks_exact(4)) {
             *w = u32::from_le_bytes(b.try_into().expect("chunks_exact(4) gives 4 bytes"));
         }
-        Some(ChaCha20Poly1305 { key: words })
+        Some(k)
     }
 
     /// Encrypts `buf` in place under `nonce` and `aad`; returns the tag.
@@ -90,7 +103,7 @@ impl ChaCha20Poly1305 {
         aad: &[u8],
         buf: &mut [u8],
     ) -> Result<[u8; TAG_LEN], Error> {
-        if buf.len() as u64 > MAX_LEN {
+        if too_long(buf.len()) {
             return Err(Error);
         }
         let mut otk = [0u8; 32];
@@ -98,7 +111,7 @@ impl ChaCha20Poly1305 {
             otk = *k;
             true
         });
-        let tag = poly_tag(&otk, aad, buf);
+        let tag = self.poly_tag(&otk, aad, buf);
         otk.zeroize();
         Ok(tag)
     }
@@ -112,11 +125,11 @@ impl ChaCha20Poly1305 {
         buf: &mut [u8],
         tag: &[u8; TAG_LEN],
     ) -> Result<(), Error> {
-        if buf.len() as u64 > MAX_LEN {
+        if too_long(buf.len()) {
             return Err(Error);
         }
         let verified = self.apply(nonce, buf, |otk, ct| {
-            equal_in_constant_time(&poly_tag(otk, aad, ct), tag)
+            equal_in_constant_time(&self.poly_tag(otk, aad, ct), tag)
         });
         if verified { Ok(()) } else { Err(Error) }
     }
@@ -133,26 +146,25 @@ impl ChaCha20Poly1305 {
         // CPU has the AVX-512 features `chacha::apply` is compiled for.
         let verified = unsafe { chacha::apply(&self.key, nonce, buf, check) };
         #[cfg(not(target_arch = "x86_64"))]
-        let verified = {
-            let _ = (nonce, buf, check);
-            false
-        };
+        let verified = match self.never {};
         verified
+    }
+
+    /// The AEAD tag of RFC 8439 §2.8 under one-time key `otk`.
+    fn poly_tag(&self, otk: &[u8; 32], aad: &[u8], ct: &[u8]) -> [u8; TAG_LEN] {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `apply`: `self` exists, so the CPU has the features `aead_tag` is
+        // compiled for.
+        let tag = unsafe { poly1305::aead_tag(otk, aad, ct) };
+        #[cfg(not(target_arch = "x86_64"))]
+        let tag = match self.never {};
+        tag
     }
 }
 
-/// The AEAD tag of RFC 8439 §2.8 under one-time key `otk`.
-fn poly_tag(otk: &[u8; 32], aad: &[u8], ct: &[u8]) -> [u8; TAG_LEN] {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: called only by methods of a `ChaCha20Poly1305`, whose existence proves that
-    // `available()` returned true, so the CPU has the features `aead_tag` is compiled for.
-    let tag = unsafe { poly1305::aead_tag(otk, aad, ct) };
-    #[cfg(not(target_arch = "x86_64"))]
-    let tag = {
-        let _ = (otk, aad, ct);
-        [0u8; TAG_LEN]
-    };
-    tag
+/// Whether a message of `len` bytes is longer than one nonce may cover.
+fn too_long(len: usize) -> bool {
+    len as u64 > MAX_LEN
 }
 
 /// Compares two tags without a branch or an early exit that depends on their contents.
@@ -167,18 +179,8 @@ pub mod bench_api {
     /// The AEAD tag of RFC 8439 §2.8 under one-time key `otk`, or `None` without the CPU
     /// features.
     pub fn poly1305_aead_tag(otk: &[u8; 32], aad: &[u8], ct: &[u8]) -> Option<[u8; 16]> {
-        if !super::available() {
-            return None;
-        }
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `available()` just returned true.
-        let tag = unsafe { super::poly1305::aead_tag(otk, aad, ct) };
-        #[cfg(not(target_arch = "x86_64"))]
-        let tag = {
-            let _ = (otk, aad, ct);
-            [0u8; 16]
-        };
-        Some(tag)
+        let features = super::ChaCha20Poly1305::new(&[0; 32])?;
+        Some(features.poly_tag(otk, aad, ct))
     }
 }
 

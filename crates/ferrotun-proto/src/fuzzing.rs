@@ -213,6 +213,8 @@ pub fn data_open(data: &[u8]) {
         return;
     };
     let now = Instant::now();
+    // Mode byte: bit 0 raw or sealed; bits 1–7 where the payload ends, in 4-byte steps
+    // (bits 1–2 also give its flags); bits 6–7 the backend as well.
     let backend = match mode >> 6 {
         0 => AeadBackend::Ring,
         1 => AeadBackend::Avx512,
