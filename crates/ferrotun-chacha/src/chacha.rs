@@ -1,5 +1,5 @@
-//! ChaCha20 (RFC 8439 §2.3–2.4) sixteen blocks at a time on AVX-512F, eight at a time on
-//! AVX-512VL for short tails.
+//! ChaCha20 (RFC 8439 §2.3–2.4) sixteen blocks at a time on AVX-512F, eight or four at a
+//! time for short messages and tails.
 //!
 //! Responsible for XORing the keystream into a buffer from a given block counter on, and
 //! for handing out block 0's first 32 bytes (the Poly1305 one-time key) from the same pass.
@@ -103,9 +103,10 @@ fn blocks16(words: &[u32; 16], counter: u32) -> [__m512i; 16] {
     out
 }
 
-/// Blocks `counter .. counter + 8`, each as two 32-byte registers in byte order.
+/// Blocks `counter .. counter + 8`, each as one 64-byte register in byte order (computed
+/// in 256-bit registers, eight lanes wide).
 #[target_feature(enable = "avx512f,avx512vl")]
-fn blocks8(words: &[u32; 16], counter: u32) -> [[__m256i; 2]; 8] {
+fn blocks8(words: &[u32; 16], counter: u32) -> [__m512i; 8] {
     let mut init = [_mm256_setzero_si256(); 16];
     for (v, &w) in init.iter_mut().zip(words) {
         *v = _mm256_set1_epi32(w as i32);
@@ -129,16 +130,18 @@ fn blocks8(words: &[u32; 16], counter: u32) -> [[__m256i; 2]; 8] {
             _mm256_unpackhi_epi64(t1, t3),
         ];
     }
-    let mut out = [[_mm256_setzero_si256(); 2]; 8];
+    // Halves: bytes 0..32 of a block are rows 0 and 1, bytes 32..64 rows 2 and 3.
+    let join = |lo: __m256i, hi: __m256i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+    let mut out = [_mm512_setzero_si512(); 8];
     for i in 0..4 {
-        out[i] = [
+        out[i] = join(
             _mm256_permute2x128_si256::<0x20>(u[0][i], u[1][i]),
             _mm256_permute2x128_si256::<0x20>(u[2][i], u[3][i]),
-        ];
-        out[4 + i] = [
+        );
+        out[4 + i] = join(
             _mm256_permute2x128_si256::<0x31>(u[0][i], u[1][i]),
             _mm256_permute2x128_si256::<0x31>(u[2][i], u[3][i]),
-        ];
+        );
     }
     out
 }
@@ -224,64 +227,40 @@ fn xor_block(dst: &mut [u8], ks: __m512i) {
     }
 }
 
-/// XORs one 64-byte keystream block, given as two halves, into `dst` (1..=64 bytes).
+/// The keystream of blocks `counter .. counter + n` (`n` ≤ 16), one 64-byte register per
+/// block, from the narrowest pass that covers them: sixteen, eight or four blocks (the
+/// registers past a shorter pass are zero).
 #[target_feature(enable = "avx512f,avx512vl")]
-fn xor_block_halves(dst: &mut [u8], ks: [__m256i; 2]) {
-    if dst.len() == 64 {
-        let p = dst.as_mut_ptr();
-        // SAFETY: `dst` is 64 writable bytes: two unaligned 32-byte loads and stores.
-        unsafe {
-            let lo = _mm256_loadu_si256(p.cast());
-            let hi = _mm256_loadu_si256(p.add(32).cast());
-            _mm256_storeu_si256(p.cast(), _mm256_xor_si256(lo, ks[0]));
-            _mm256_storeu_si256(p.add(32).cast(), _mm256_xor_si256(hi, ks[1]));
-        }
-    } else {
-        let mut tmp = [0u8; 64];
-        // SAFETY: `tmp` is 64 writable bytes, written as two 32-byte halves.
-        unsafe {
-            _mm256_storeu_si256(tmp.as_mut_ptr().cast(), ks[0]);
-            _mm256_storeu_si256(tmp.as_mut_ptr().add(32).cast(), ks[1]);
-        }
-        for (o, k) in dst.iter_mut().zip(&tmp) {
-            *o ^= k;
-        }
-        zeroize::Zeroize::zeroize(&mut tmp);
+fn keystream(words: &[u32; 16], counter: u32, n: usize) -> [__m512i; 16] {
+    if n > 8 {
+        return blocks16(words, counter);
     }
+    let mut out = [_mm512_setzero_si512(); 16];
+    if n > 4 {
+        out[..8].copy_from_slice(&blocks8(words, counter));
+    } else {
+        out[..4].copy_from_slice(&blocks4(words, counter));
+    }
+    out
 }
 
-/// XORs the keystream of blocks `counter, counter + 1, …` into `buf`: sixteen blocks per
-/// pass while more than eight remain, then one pass of eight, or of four.
+/// XORs the keystream of blocks `counter, counter + 1, …` into `buf`, sixteen blocks per
+/// pass.
 #[target_feature(enable = "avx512f,avx512vl")]
 fn xor_from(words: &[u32; 16], mut counter: u32, buf: &mut [u8]) {
-    let mut rest = buf;
-    while rest.len() > 8 * 64 {
-        let ks = blocks16(words, counter);
-        let n = rest.len().min(16 * 64);
-        let (now, later) = rest.split_at_mut(n);
-        for (dst, k) in now.chunks_mut(64).zip(ks) {
+    for chunk in buf.chunks_mut(16 * 64) {
+        let ks = keystream(words, counter, chunk.len().div_ceil(64));
+        for (dst, k) in chunk.chunks_mut(64).zip(ks) {
             xor_block(dst, k);
         }
-        rest = later;
         counter = counter.wrapping_add(16);
-    }
-    if rest.len() > 4 * 64 {
-        let ks = blocks8(words, counter);
-        for (dst, k) in rest.chunks_mut(64).zip(ks) {
-            xor_block_halves(dst, k);
-        }
-    } else if !rest.is_empty() {
-        let ks = blocks4(words, counter);
-        for (dst, k) in rest.chunks_mut(64).zip(ks) {
-            xor_block(dst, k);
-        }
     }
 }
 
 /// Computes block 0 and hands its first 32 bytes (the Poly1305 key, RFC 8439 §2.6) to
 /// `check` together with the untouched `buf`; if `check` returns true, XORs the keystream
 /// from block 1 on into `buf`, else leaves `buf` alone. Block 0 comes from the same pass
-/// as blocks 1–15 (or 1–7, or 1–3 for a short `buf`), whose keystream waits while `check` runs, so
+/// as blocks 1–15 (fewer for a short `buf`), whose keystream waits while `check` runs, so
 /// opening a message computes no more blocks than sealing it. Returns what `check` did.
 #[target_feature(enable = "avx512f,avx512vl")]
 pub(crate) fn apply(
@@ -291,47 +270,18 @@ pub(crate) fn apply(
     check: impl FnOnce(&[u8; 32], &[u8]) -> bool,
 ) -> bool {
     let mut words = state_words(key, nonce);
+    let ks = keystream(&words, 0, (1 + buf.len().div_ceil(64)).min(16));
     let mut block0 = [0u8; 64];
-    let pass = if buf.len() > 7 * 64 {
-        let ks = blocks16(&words, 0);
-        // SAFETY: `block0` is 64 writable bytes.
-        unsafe { _mm512_storeu_si512(block0.as_mut_ptr().cast(), ks[0]) };
-        let pass = check(otk_of(&block0), buf);
-        if pass {
-            let n = buf.len().min(15 * 64);
-            let (now, later) = buf.split_at_mut(n);
-            for (dst, k) in now.chunks_mut(64).zip(&ks[1..]) {
-                xor_block(dst, *k);
-            }
-            xor_from(&words, 16, later);
+    // SAFETY: `block0` is 64 writable bytes.
+    unsafe { _mm512_storeu_si512(block0.as_mut_ptr().cast(), ks[0]) };
+    let pass = check(otk_of(&block0), buf);
+    if pass {
+        let (now, later) = buf.split_at_mut(buf.len().min(15 * 64));
+        for (dst, k) in now.chunks_mut(64).zip(&ks[1..]) {
+            xor_block(dst, *k);
         }
-        pass
-    } else if buf.len() > 3 * 64 {
-        let ks = blocks8(&words, 0);
-        // SAFETY: `block0` is 64 writable bytes, written as two 32-byte halves.
-        unsafe {
-            _mm256_storeu_si256(block0.as_mut_ptr().cast(), ks[0][0]);
-            _mm256_storeu_si256(block0.as_mut_ptr().add(32).cast(), ks[0][1]);
-        }
-        let pass = check(otk_of(&block0), buf);
-        if pass {
-            for (dst, k) in buf.chunks_mut(64).zip(&ks[1..]) {
-                xor_block_halves(dst, *k);
-            }
-        }
-        pass
-    } else {
-        let ks = blocks4(&words, 0);
-        // SAFETY: `block0` is 64 writable bytes.
-        unsafe { _mm512_storeu_si512(block0.as_mut_ptr().cast(), ks[0]) };
-        let pass = check(otk_of(&block0), buf);
-        if pass {
-            for (dst, k) in buf.chunks_mut(64).zip(&ks[1..]) {
-                xor_block(dst, *k);
-            }
-        }
-        pass
-    };
+        xor_from(&words, 16, later);
+    }
     zeroize::Zeroize::zeroize(&mut block0);
     zeroize::Zeroize::zeroize(&mut words);
     pass
