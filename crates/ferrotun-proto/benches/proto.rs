@@ -40,14 +40,6 @@ fn available_backends() -> impl Iterator<Item = AeadBackend> {
     AeadBackend::ALL.into_iter().filter(|b| b.is_available())
 }
 
-fn name(b: AeadBackend) -> &'static str {
-    match b {
-        AeadBackend::Avx512 => "avx512",
-        AeadBackend::Ring => "ring",
-        AeadBackend::RustCrypto => "rustcrypto",
-    }
-}
-
 /// Payloads are sealed with flags = ETHERNET so no padding changes the byte count and the
 /// one-byte AAD path is measured; `roundtrip_1420` also measures flags = 0.
 fn seal(c: &mut Criterion) {
@@ -58,7 +50,7 @@ fn seal(c: &mut Criterion) {
             let mut buf = vec![0u8; 16 + size + 16];
             g.throughput(Throughput::Bytes(size as u64));
             g.bench_with_input(
-                BenchmarkId::new(name(backend), size),
+                BenchmarkId::new(backend.name(), size),
                 &size,
                 |bch, &size| {
                     bch.iter(|| {
@@ -80,7 +72,7 @@ fn open(c: &mut Criterion) {
             let mut template = vec![0u8; 16 + size + 16];
             g.throughput(Throughput::Bytes(size as u64));
             g.bench_with_input(
-                BenchmarkId::new(name(backend), size),
+                BenchmarkId::new(backend.name(), size),
                 &size,
                 |bch, &size| {
                     bch.iter_batched_ref(
@@ -107,7 +99,7 @@ fn roundtrip(c: &mut Criterion) {
         let mut buf = vec![0u8; 16 + 1420 + 16];
         buf[16] = 0x45;
         buf[18..20].copy_from_slice(&1420u16.to_be_bytes());
-        g.bench_function(BenchmarkId::new(name(backend), "framed_flags0"), |bch| {
+        g.bench_function(BenchmarkId::new(backend.name(), "framed_flags0"), |bch| {
             bch.iter(|| {
                 let n = a
                     .seal(PayloadFlags::NONE, 1420, black_box(&mut buf), 1420)
@@ -116,7 +108,7 @@ fn roundtrip(c: &mut Criterion) {
             })
         });
         g.bench_function(
-            BenchmarkId::new(name(backend), "framed_flags_ethernet"),
+            BenchmarkId::new(backend.name(), "framed_flags_ethernet"),
             |bch| {
                 bch.iter(|| {
                     let n = a
@@ -128,7 +120,7 @@ fn roundtrip(c: &mut Criterion) {
         );
         let key = backend.key(&[1; 32]);
         let mut counter = 0u64;
-        g.bench_function(BenchmarkId::new(name(backend), "raw_aead"), |bch| {
+        g.bench_function(BenchmarkId::new(backend.name(), "raw_aead"), |bch| {
             bch.iter(|| {
                 counter += 1;
                 let payload = &mut black_box(&mut buf)[16..16 + 1420];

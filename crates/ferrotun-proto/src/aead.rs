@@ -78,6 +78,20 @@ impl AeadBackend {
         AeadBackend::RustCrypto,
     ];
 
+    /// The backend's name in configuration files and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            AeadBackend::Avx512 => "avx512",
+            AeadBackend::Ring => "ring",
+            AeadBackend::RustCrypto => "rustcrypto",
+        }
+    }
+
+    /// The backend of that [`name`](Self::name), if any.
+    pub fn from_name(name: &str) -> Option<AeadBackend> {
+        AeadBackend::ALL.into_iter().find(|b| b.name() == name)
+    }
+
     /// Whether this CPU runs this backend (only `Avx512` depends on it).
     pub fn is_available(self) -> bool {
         match self {
@@ -132,7 +146,7 @@ impl Aead for Avx512ChaCha {
 
 /// `ring`'s `CHACHA20_POLY1305` as a `LessSafeKey` (we supply unique counter nonces).
 /// ring keeps its key schedule opaque and does not zeroize it on drop (RustCrypto's key
-/// does): a known limitation of the default backend.
+/// does): a known limitation of the default backend on CPUs without AVX-512 IFMA.
 pub struct RingChaCha(LessSafeKey);
 
 impl RingChaCha {

@@ -480,22 +480,29 @@ fn parse_interface(src: &Source, raw: RawInterface) -> Result<InterfaceConfig, C
     };
     let aead_backend = match &raw.aead_backend {
         None => AeadBackend::default(),
-        Some(b) => match b.get_ref().as_str() {
-            "auto" => AeadBackend::default(),
-            "ring" => AeadBackend::Ring,
-            "rustcrypto" => AeadBackend::RustCrypto,
-            "avx512" if AeadBackend::Avx512.is_available() => AeadBackend::Avx512,
-            "avx512" => {
-                return Err(src.at(
-                    b,
-                    "aead_backend \"avx512\" needs a CPU with AVX-512F, AVX-512VL and AVX-512 IFMA, and this one lacks them (\"auto\" picks ring here)",
-                ));
-            }
-            other => {
+        Some(b) if b.get_ref() == "auto" => AeadBackend::default(),
+        Some(b) => match AeadBackend::from_name(b.get_ref()) {
+            Some(backend) if backend.is_available() => backend,
+            Some(backend) => {
                 return Err(src.at(
                     b,
                     format!(
-                        "aead_backend {other:?} is not one of \"auto\", \"avx512\", \"ring\", \"rustcrypto\""
+                        "aead_backend \"{}\" needs a CPU with AVX-512F, AVX-512VL and AVX-512 IFMA, and this one lacks them (\"auto\" picks ring here)",
+                        backend.name()
+                    ),
+                ));
+            }
+            None => {
+                let names: Vec<String> = std::iter::once("auto")
+                    .chain(AeadBackend::ALL.map(AeadBackend::name))
+                    .map(|n| format!("{n:?}"))
+                    .collect();
+                return Err(src.at(
+                    b,
+                    format!(
+                        "aead_backend {:?} is not one of {}",
+                        b.get_ref(),
+                        names.join(", ")
                     ),
                 ));
             }

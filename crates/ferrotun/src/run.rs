@@ -377,7 +377,7 @@ async fn serve(setup: Setup) -> anyhow::Result<()> {
         listening = ?engine.shared.listening.iter().map(|(t, a)| format!("{t} {a}")).collect::<Vec<_>>(),
         control = %control.path().display(),
         peers,
-        aead = ?engine.shared.backend,
+        aead = engine.shared.backend.name(),
         "tunnel running"
     );
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
