@@ -45,27 +45,27 @@ struct Forwarder {
 }
 
 impl ReceiveScratch {
-    /// Packets written one at a time go to device queue `queue` (default 0): the receive
-    /// task's own, so that all of a flow's packets enter the device through one queue.
-    pub fn writing_to(mut self, queue: usize) -> ReceiveScratch {
-        self.fwd.queue = queue;
-        self
-    }
-
-    /// Scratch for `shared`'s frame size.
-    pub fn new(shared: &Shared) -> ReceiveScratch {
+    /// Scratch for `shared`'s frame size, for a task that writes to device queue `queue`
+    /// (a UDP receive task's own queue, so that all of a flow's packets enter the device
+    /// through one queue).
+    pub fn new(shared: &Shared, queue: usize) -> ReceiveScratch {
         let frame = shared.frame_len();
         let sealed = DATA_HEADER_LEN + frame + TRAILER;
         ReceiveScratch {
             now: Instant::now(),
             plain: vec![0u8; HEADROOM + shared.plain_len()],
             fwd: Forwarder {
-                queue: 0,
+                queue,
                 forward: vec![0u8; sealed],
                 flood: vec![0u8; sealed],
                 sealer: Sealer::new(frame),
             },
         }
+    }
+
+    /// The device queue this task writes to.
+    pub fn queue(&self) -> usize {
+        self.fwd.queue
     }
 }
 
@@ -95,7 +95,7 @@ pub async fn udp_receive_path(shared: Arc<Shared>, index: usize) -> anyhow::Resu
     let udp = shared.udp(index).context("no UDP socket")?;
     let mut bufs: Vec<Vec<u8>> = (0..RX_BUFFERS).map(|_| vec![0u8; RX_BUFFER_LEN]).collect();
     let mut metas = [quinn_udp::RecvMeta::default(); RX_BUFFERS];
-    let mut scratch = ReceiveScratch::new(&shared).writing_to(index);
+    let mut scratch = ReceiveScratch::new(&shared, index);
     let mut writer = shared.device_writer();
     let mut deliveries: Vec<Delivery> = Vec::with_capacity(RX_BUFFERS * 64);
     let mut lens: Vec<usize> = Vec::with_capacity(RX_BUFFERS * 64);
@@ -135,7 +135,7 @@ pub async fn udp_receive_path(shared: Arc<Shared>, index: usize) -> anyhow::Resu
         }
         write_deliveries(
             &shared,
-            index,
+            scratch.queue(),
             writer.as_mut(),
             &mut bufs,
             &deliveries,
@@ -273,7 +273,7 @@ async fn receive_data(
     src: Source<'_>,
     scratch: &mut ReceiveScratch,
 ) -> Verdict {
-    let queue = scratch.fwd.queue;
+    let queue = scratch.queue();
     let receiver = match DataMessage::new_checked(&buf[..]) {
         Ok(m) => m.receiver(),
         Err(e) => {

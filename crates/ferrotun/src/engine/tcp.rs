@@ -201,7 +201,7 @@ async fn read_loop(
     // One read takes up to this much: many frames per system call in a bulk transfer.
     const READ_BUFFER: usize = 256 * 1024;
     let mut decoder = StreamDecoder::with_capacity(shared.max_message(), READ_BUFFER);
-    let mut scratch = ReceiveScratch::new(shared);
+    let mut scratch = ReceiveScratch::new(shared, 0);
     let mut writer = shared.device_writer();
     let mut frames: Vec<Range<usize>> = Vec::with_capacity(256);
     let mut deliveries: Vec<Delivery> = Vec::with_capacity(256);
@@ -256,7 +256,7 @@ async fn read_loop(
         }
         write_deliveries(
             shared,
-            0,
+            scratch.queue(),
             writer.as_mut(),
             &mut [&mut *buf],
             &deliveries,
