@@ -103,13 +103,13 @@ extra=""
 [ "${OFFLOAD:-on}" = off ] && extra+='\noffload = false'
 [ -n "${QUEUES:-}" ] && extra+="\nqueues = $QUEUES"
 [ -n "${AEAD:-}" ] && extra+="\naead_backend = \"$AEAD\""
-offload="s/^\(mtu = [0-9]*\).*/\1$extra/;"
+interface="s/^\(mtu = [0-9]*\).*/\1$extra/;"
 # Variants of the example configs: TCP transport, TAP mode.
-sed -e "$offload" config/server.toml | sed 's|^udp = "\[::\]:51820"|udp = "[::]:51820"\ntcp = "[::]:51820"|' > "$W/server.toml"
-sed -e "$offload" config/client.toml > "$W/client-udp.toml"
-sed -e "$offload" -e 's/^transport = "udp"/transport = "tcp"/' config/client.toml > "$W/client-tcp.toml"
+sed -e "$interface" config/server.toml | sed 's|^udp = "\[::\]:51820"|udp = "[::]:51820"\ntcp = "[::]:51820"|' > "$W/server.toml"
+sed -e "$interface" config/client.toml > "$W/client-udp.toml"
+sed -e "$interface" -e 's/^transport = "udp"/transport = "tcp"/' config/client.toml > "$W/client-tcp.toml"
 sed -e 's/^mode = "tun"/mode = "tap"/' "$W/server.toml" > "$W/server-tap.toml"
-sed -e "$offload" -e 's/^mode = "tun"/mode = "tap"/' config/client.toml > "$W/client-tap.toml"
+sed -e "$interface" -e 's/^mode = "tun"/mode = "tap"/' config/client.toml > "$W/client-tap.toml"
 
 wait_ping() {
   for _ in $(seq 1 100); do

@@ -648,25 +648,17 @@ mod tests {
     use ::poly1305::Poly1305;
     use ::poly1305::universal_hash::{KeyInit, UniversalHash};
 
-    fn have_cpu() -> bool {
-        crate::available()
-    }
-
-    /// See `crate::tests::cpu_ok`: false (with a note) on CPUs without the features, and a
-    /// failure under `CI=true` unless that gap is declared.
-    fn can_run() -> bool {
-        crate::tests::cpu_ok()
-    }
+    use crate::tests::cpu_ok as can_run;
 
     fn tag(otk: &[u8; 32], aad: &[u8], ct: &[u8]) -> [u8; 16] {
-        assert!(have_cpu());
+        assert!(crate::available());
         // SAFETY: the CPU has the features (`can_run` was checked by every caller).
         unsafe { aead_tag(otk, aad, ct) }
     }
 
     /// Both paths, whichever `aead_tag` would pick for this length; they must agree.
     fn tag_both_paths(otk: &[u8; 32], aad: &[u8], ct: &[u8]) -> [u8; 16] {
-        assert!(have_cpu());
+        assert!(crate::available());
         let (r, s) = split_key(otk);
         let stream = Stream::new(aad, ct);
         let scalar = finish(hash_scalar(r, &stream), s);
