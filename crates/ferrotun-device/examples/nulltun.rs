@@ -5,12 +5,17 @@
 //! with the same hops (device → process → socket → process → device) on the machine it
 //! runs on; `scripts/bench.sh` measures it beside ferrotun.
 //!
-//! usage: nulltun NAME ADDRESS/PREFIX BIND-ADDRESS:PORT PEER-ADDRESS:PORT
+//! With SPIN-MICROSECONDS it busy-polls (`poll` with a zero timeout) for that long after
+//! the last packet before it sleeps, which measures what waking up costs: how far below the
+//! sleeping floor any design could get by spinning (it burns a core while it spins).
+//!
+//! usage: nulltun NAME ADDRESS/PREFIX BIND-ADDRESS:PORT PEER-ADDRESS:PORT [SPIN-MICROSECONDS]
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use ferrotun_device::{DeviceBuilder, Mode};
 
@@ -26,10 +31,19 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
-    let [name, address, bind, peer] = args else {
-        return Err(
-            "usage: nulltun NAME ADDRESS/PREFIX BIND-ADDRESS:PORT PEER-ADDRESS:PORT".into(),
-        );
+    let (name, address, bind, peer, spin) = match args {
+        [name, address, bind, peer] => (name, address, bind, peer, Duration::ZERO),
+        [name, address, bind, peer, spin] => (
+            name,
+            address,
+            bind,
+            peer,
+            Duration::from_micros(spin.parse().map_err(|e| format!("SPIN-MICROSECONDS: {e}"))?),
+        ),
+        _ => return Err(
+            "usage: nulltun NAME ADDRESS/PREFIX BIND-ADDRESS:PORT PEER-ADDRESS:PORT [SPIN-MICROSECONDS]"
+                .into(),
+        ),
     };
     let peer: SocketAddr = peer.parse()?;
     let device = DeviceBuilder::new(name.as_str(), Mode::Tun).open()?;
@@ -53,9 +67,14 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         },
     ];
     let mut buf = vec![0u8; 65536];
+    let mut last = Instant::now();
     loop {
+        let timeout = if last.elapsed() < spin { 0 } else { -1 };
         // SAFETY: `fds` is a valid array of two pollfd structures that outlives the call.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+        if r == 0 {
+            continue;
+        }
         if r < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == ErrorKind::Interrupted {
@@ -88,6 +107,7 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
             if !moved {
                 break;
             }
+            last = Instant::now();
         }
     }
 }
