@@ -387,7 +387,7 @@ impl Shared {
                     self.drops.count(DropReason::SendFailed);
                     return;
                 };
-                if let Err(e) = sock.send(*addr, bytes, None).await {
+                if let Err(e) = sock.send(*addr, bytes).await {
                     self.drop_packet(DropReason::SendFailed, || format!("sending to {addr}: {e}"));
                 }
             }

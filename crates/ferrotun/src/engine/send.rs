@@ -5,11 +5,11 @@
 //! front and for padding and the tag behind. Each packet is routed to its peer, compressed
 //! if the peer asked for it and it shrinks, and sealed in place. Then the batch goes out:
 //! consecutive datagrams of one size to one UDP address leave in one `sendmsg` with UDP
-//! GSO (moved together first: the arena's stride is larger than a datagram), TCP messages
-//! are appended to their connection. A packet for a peer without a usable keypair is
+//! GSO, gathered from their slots, and TCP messages are appended to their connection. A packet for a peer without a usable keypair is
 //! staged (bounded) and the control task is asked for a handshake.
 
 use std::collections::HashMap;
+use std::io::IoSlice;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -224,19 +224,20 @@ pub async fn send_path(shared: Arc<Shared>, index: usize) -> anyhow::Result<()> 
             };
             sealed.push(out);
         }
-        transmit_batch(&shared, index, &mut arena, stride, &sealed).await;
+        transmit_batch(&shared, index, &arena, stride, &sealed).await;
     }
 }
 
 /// Sends a batch of sealed datagrams, `sealed[i]` at `arena[i * stride..]`: runs of one
-/// size to one UDP address go out in one GSO send, after being moved together.
+/// size to one UDP address go out in one GSO send.
 async fn transmit_batch(
     shared: &Shared,
     index: usize,
-    arena: &mut [u8],
+    arena: &[u8],
     stride: usize,
     sealed: &[Option<(usize, PeerAddr)>],
 ) {
+    let mut run = [IoSlice::new(&[]); SLOTS];
     let mut i = 0;
     while i < sealed.len() {
         let Some((len, ep)) = &sealed[i] else {
@@ -257,25 +258,22 @@ async fn transmit_batch(
             i += 1;
             continue;
         };
-        let max = udp.segments_for(len);
-        let mut total = len;
+        let max = udp.segments_for(len).min(SLOTS);
+        run[0] = IoSlice::new(&arena[start..start + len]);
         let mut j = i + 1;
         while j < sealed.len() && j - i < max {
             match &sealed[j] {
                 Some((l, PeerAddr::Udp(d))) if *d == dest && *l <= len => {
-                    let l = *l;
-                    arena.copy_within(j * stride..j * stride + l, start + total);
-                    total += l;
+                    run[j - i] = IoSlice::new(&arena[j * stride..j * stride + *l]);
                     j += 1;
-                    if l < len {
+                    if *l < len {
                         break; // only the last segment may be shorter
                     }
                 }
                 _ => break,
             }
         }
-        let segment = (j - i > 1).then_some(len);
-        if let Err(e) = udp.send(dest, &arena[start..start + total], segment).await {
+        if let Err(e) = udp.send_segments(dest, &run[..j - i], len).await {
             shared.drop_packet(DropReason::SendFailed, || format!("sending to {dest}: {e}"));
         }
         i = j;
