@@ -5,8 +5,9 @@
 //! front and for padding and the tag behind. Each packet is routed to its peer, compressed
 //! if the peer asked for it and it shrinks, and sealed in place. Then the batch goes out:
 //! consecutive datagrams of one size to one UDP address leave in one `sendmsg` with UDP
-//! GSO, gathered from their slots, and TCP messages are appended to their connection. A packet for a peer without a usable keypair is
-//! staged (bounded) and the control task is asked for a handshake.
+//! GSO, gathered from their slots, and TCP messages are appended to their connection. A
+//! packet for a peer without a usable keypair is staged (bounded) and the control task is
+//! asked for a handshake.
 
 use std::collections::HashMap;
 use std::io::IoSlice;
