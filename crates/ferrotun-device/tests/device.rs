@@ -566,13 +566,16 @@ fn become_user_in_this_thread(uid: u32) {
 
 /// A private copy of the clone device node (char 10:200), readable by everyone: this
 /// machine's `/dev/net/tun` is mode 0600, where most distributions use 0666, and the owner
-/// check under test happens in `TUNSETIFF`, not in `open`.
+/// check under test happens in `TUNSETIFF`, not in `open`. Each one has its own path: the
+/// tests that use them run at once in one process.
 struct CloneNode(std::path::PathBuf);
 
 impl CloneNode {
     fn new() -> CloneNode {
         use std::os::unix::ffi::OsStrExt;
-        let path = std::env::temp_dir().join(format!("ferrotun-tun-{}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("ferrotun-tun-{}-{n}", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
         // SAFETY: a NUL-terminated path; mknod(2) reads it only.
