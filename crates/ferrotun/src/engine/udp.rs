@@ -34,29 +34,27 @@ pub struct UdpIo {
     gso_failed: AtomicBool,
 }
 
-/// `cmsg_len` of a control message with `n` bytes of data: the kernel's `struct cmsghdr`
-/// is a `size_t` length and two `int`s, its data aligned to `size_t`.
-const fn cmsg_len(n: usize) -> usize {
-    cmsg_align(size_of::<usize>() + 2 * size_of::<i32>()) + n
-}
-
-const fn cmsg_align(n: usize) -> usize {
-    n.next_multiple_of(size_of::<usize>())
-}
-
-/// Bytes of control buffer one `UDP_SEGMENT` message takes.
-const SEGMENT_CMSG_SPACE: usize = cmsg_align(cmsg_len(2));
+// libc's CMSG_* are `unsafe` only because the C macros are: given a length they do size
+// arithmetic and touch no memory.
+/// `CMSG_LEN(2)`: a control message header and the `u16` of `UDP_SEGMENT`.
+// SAFETY: size arithmetic only.
+const SEGMENT_CMSG_LEN: usize = unsafe { libc::CMSG_LEN(2) } as usize;
+/// `CMSG_SPACE(2)`: the control buffer one `UDP_SEGMENT` message takes.
+// SAFETY: size arithmetic only.
+const SEGMENT_CMSG_SPACE: usize = unsafe { libc::CMSG_SPACE(2) } as usize;
+/// Where a control message's data begins (`CMSG_LEN(0)`).
+// SAFETY: size arithmetic only.
+const CMSG_DATA_AT: usize = unsafe { libc::CMSG_LEN(0) } as usize;
 
 /// The `UDP_SEGMENT` control message asking the kernel to cut the payload every `size`
-/// bytes, laid out as `CMSG_SPACE(2)` bytes.
+/// bytes. The kernel's `struct cmsghdr` is a `size_t` length and two `int`s.
 fn segment_cmsg(size: u16) -> [u8; SEGMENT_CMSG_SPACE] {
     let mut b = [0u8; SEGMENT_CMSG_SPACE];
     let w = size_of::<usize>();
-    b[..w].copy_from_slice(&cmsg_len(2).to_ne_bytes());
+    b[..w].copy_from_slice(&SEGMENT_CMSG_LEN.to_ne_bytes());
     b[w..w + 4].copy_from_slice(&libc::SOL_UDP.to_ne_bytes());
     b[w + 4..w + 8].copy_from_slice(&libc::UDP_SEGMENT.to_ne_bytes());
-    let data = cmsg_len(0);
-    b[data..data + 2].copy_from_slice(&size.to_ne_bytes());
+    b[CMSG_DATA_AT..CMSG_DATA_AT + 2].copy_from_slice(&size.to_ne_bytes());
     b
 }
 
