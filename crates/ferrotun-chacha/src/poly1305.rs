@@ -648,11 +648,11 @@ mod tests {
     use ::poly1305::Poly1305;
     use ::poly1305::universal_hash::{KeyInit, UniversalHash};
 
-    use crate::tests::cpu_ok as can_run;
+    use crate::tests::cpu_ok;
 
     fn tag(otk: &[u8; 32], aad: &[u8], ct: &[u8]) -> [u8; 16] {
         assert!(crate::available());
-        // SAFETY: the CPU has the features (`can_run` was checked by every caller).
+        // SAFETY: the CPU has the features (`cpu_ok` was checked by every caller).
         unsafe { aead_tag(otk, aad, ct) }
     }
 
@@ -706,7 +706,7 @@ mod tests {
 
     #[test]
     fn poly1305_rfc8439_aead_vector() {
-        if !can_run() {
+        if !cpu_ok() {
             return;
         }
         // RFC 8439 §2.8.2: the one-time key, AAD, ciphertext and tag.
@@ -732,7 +732,7 @@ mod tests {
 
     #[test]
     fn poly1305_every_aad_length() {
-        if !can_run() {
+        if !cpu_ok() {
             return;
         }
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -748,7 +748,7 @@ mod tests {
 
     #[test]
     fn poly1305_every_ct_length() {
-        if !can_run() {
+        if !cpu_ok() {
             return;
         }
         let mut rng = Rng(0x0123_4567_89ab_cdef);
@@ -763,7 +763,7 @@ mod tests {
 
     #[test]
     fn poly1305_scalar_and_vector_paths_agree() {
-        if !can_run() {
+        if !cpu_ok() {
             return;
         }
         // `aead_tag` picks one path by length; here both run on every length on both
@@ -785,7 +785,7 @@ mod tests {
 
     #[test]
     fn poly1305_long_lengths() {
-        if !can_run() {
+        if !cpu_ok() {
             return;
         }
         let mut rng = Rng(0xdead_beef_cafe_f00d);
@@ -811,7 +811,7 @@ mod tests {
 
     #[test]
     fn poly1305_all_ones() {
-        if !can_run() {
+        if !cpu_ok() {
             return;
         }
         // All-0xff data under the largest clamped r: the largest limbs and carries. With
@@ -836,7 +836,7 @@ mod tests {
 
     #[test]
     fn poly1305_sums_near_p() {
-        if !can_run() {
+        if !cpu_ok() {
             return;
         }
         // With r = 1 and no aad the hash is the plain sum of the blocks (each + 2^128) and

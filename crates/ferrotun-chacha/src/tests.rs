@@ -178,8 +178,8 @@ fn any_flipped_bit_is_refused_and_leaves_the_ciphertext() {
     let key = rng.array::<32>();
     let nonce = rng.array::<12>();
     let aad = rng.array::<20>();
-    // Every branch of `chacha::apply` (up to 3, 7, 15 and 23 blocks after block 0, and
-    // beyond) and its edges.
+    // Every width `chacha::keystream` picks for `apply` (block 0 and up to 3, 7 or 15 more
+    // blocks), the tail `xor_from` takes after 15 blocks, and the edges between them.
     for len in [
         0, 1, 100, 192, 193, 300, 448, 449, 960, 961, 1000, 1420, 1472, 1473, 2000,
     ] {

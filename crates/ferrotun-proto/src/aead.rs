@@ -5,10 +5,9 @@
 //! endian: whitepaper §5.4.6), with three interchangeable backends: `ferrotun-chacha`
 //! (AVX-512 and AVX-512 IFMA; the default where the CPU has them: about 1.7× faster than
 //! ring at 1420 bytes on our Emerald Rapids lab, `cargo bench -p ferrotun-chacha`), `ring`
-//! (BoringSSL's AVX2 assembly, the
-//! default elsewhere: `benches/proto.rs` measured it ~3× faster than RustCrypto at 1420
-//! bytes) and RustCrypto's `chacha20poly1305` (pure Rust). Not responsible for counters,
-//! replay protection or framing (see [`crate::transport`]).
+//! (BoringSSL's AVX2 assembly, the default elsewhere: `benches/proto.rs` measured it ~3×
+//! faster than RustCrypto at 1420 bytes) and RustCrypto's `chacha20poly1305` (pure Rust).
+//! Not responsible for counters, replay protection or framing (see [`crate::transport`]).
 
 use chacha20poly1305::{AeadInOut, ChaCha20Poly1305, KeyInit};
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
