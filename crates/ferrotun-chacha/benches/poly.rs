@@ -25,8 +25,8 @@ fn rustcrypto_tag(otk: &[u8; 32], aad: &[u8], ct: &[u8]) -> [u8; 16] {
 fn bench_poly(c: &mut Criterion) {
     let otk: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(11));
     let aad = [0x5a_u8; 16];
-    let supported = ferrotun_chacha::bench_api::poly1305_aead_tag(&otk, &aad, &[]).is_some();
-    if !supported {
+    let features = ferrotun_chacha::ChaCha20Poly1305::new(&[0; 32]);
+    if features.is_none() {
         eprintln!("ferrotun-chacha: CPU lacks AVX-512F/VL/IFMA; benchmarking RustCrypto only");
     }
 
@@ -34,10 +34,11 @@ fn bench_poly(c: &mut Criterion) {
     for len in CT_LENGTHS {
         let ct: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(13)).collect();
         group.throughput(Throughput::Bytes(len as u64));
-        if supported {
+        if let Some(features) = &features {
             group.bench_with_input(BenchmarkId::new("ferrotun", len), &ct, |b, ct| {
                 b.iter(|| {
                     ferrotun_chacha::bench_api::poly1305_aead_tag(
+                        features,
                         black_box(&otk),
                         black_box(&aad),
                         black_box(ct),
