@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The ferrotun benchmark: two network namespaces joined by a veth, and through each path
 # between them the same measurements: iperf3 with one TCP stream and with four (Gbit/s),
-# ping RTT (ms), and the CPU seconds the tunnel processes spent per GB carried in the
+# ping RTT (ms) through the idle path and the median ping RTT while the one-stream run
+# fills it (from its second second to its last), and the CPU seconds the tunnel processes spent per GB carried in the
 # one-stream run (user + system of both ferrotun processes; kernel work done in softirq
 # or in iperf3's context is not counted).
 #
@@ -129,15 +130,21 @@ ROWS=()
 measure() { # label target pid...: RUNS rounds of (1 stream, 4 streams, ping); medians
   local label=$1 target=$2; shift 2
   local pids=("$@")
-  if ! wait_ping "$target"; then ROWS+=("| $label | failed: no ping | | | |"); return; fi
+  if ! wait_ping "$target"; then ROWS+=("| $label | failed: no ping | | | | |"); return; fi
   ip netns exec "$A" iperf3 -s -D -p 5299 -I "$W/iperf.pid" >/dev/null 2>&1
   sleep 0.3
   local r c0 c1
   rm -f "$W"/run.*
   for r in $(seq 1 "$RUNS"); do
     c0=$(cpu_ticks "${pids[@]}")
+    # Pings at 20 ms through the loaded path, from the stream's second second (past slow
+    # start) to its end; one line of RTTs for the median.
+    (sleep 1; timeout $((SECS + 5)) ip netns exec "$B" ping -n -i 0.02 -w $((SECS > 2 ? SECS - 2 : 1)) "$target" 2>/dev/null |
+      awk -F'time=' '/time=/ {split($2, a, " "); printf "%s ", a[1]}' >"$W/run.$r.load") &
+    local loaded=$!
     timeout $((SECS + 20)) ip netns exec "$B" iperf3 -c "$target" -p 5299 -t "$SECS" -J >"$W/run.$r.1" 2>/dev/null || true
     c1=$(cpu_ticks "${pids[@]}")
+    wait "$loaded" || true
     echo "$((c1 - c0))" >"$W/run.$r.cpu"
     timeout $((SECS + 20)) ip netns exec "$B" iperf3 -c "$target" -p 5299 -t "$SECS" -P 4 -J >"$W/run.$r.4" 2>/dev/null || true
     ip netns exec "$B" ping -n -c 20 -i 0.05 -q "$target" 2>/dev/null | awk -F/ '/rtt/ {print $5}' >"$W/run.$r.rtt"
@@ -155,7 +162,7 @@ def rate(path):
     except Exception:
         return 0.0, 0
 # A round whose iperf3 failed is left out of the medians (all failed: 0).
-g1, g4, rtt, cpu = [], [], [], []
+g1, g4, rtt, load, cpu = [], [], [], [], []
 for r in range(1, runs + 1):
     g, b = rate("%s/run.%d.1" % (w, r))
     if b:
@@ -167,18 +174,22 @@ for r in range(1, runs + 1):
         rtt.append(float(open("%s/run.%d.rtt" % (w, r)).read()))
     except ValueError:
         pass
+    times = [float(t) for t in open("%s/run.%d.load" % (w, r)).read().split()]
+    if times:
+        load.append(statistics.median(times))
     ticks = int(open("%s/run.%d.cpu" % (w, r)).read())
     if n and b:
         cpu.append(ticks / hz / (b / 1e9))
 def med(xs):
     return statistics.median(xs) if xs else 0.0
-print("%.2f | %.2f | %s | %s" % (med(g1), med(g4), "%.3f" % med(rtt) if rtt else "?",
-                                 "%.2f" % med(cpu) if cpu else "-"))
+print("%.2f | %.2f | %s | %s | %s" % (med(g1), med(g4), "%.3f" % med(rtt) if rtt else "?",
+                                      "%.3f" % med(load) if load else "?",
+                                      "%.2f" % med(cpu) if cpu else "-"))
 PY
 )
-  IFS='|' read -r g1 g4 rtt cpg <<<"$row"
-  ROWS+=("| $label | ${g1// /} | ${g4// /} | ${rtt// /} | ${cpg// /} |")
-  echo "  $label: ${g1// /} / ${g4// /} Gbit/s, rtt ${rtt// /} ms, ${cpg// /} CPU s/GB" >&2
+  IFS='|' read -r g1 g4 rtt load cpg <<<"$row"
+  ROWS+=("| $label | ${g1// /} | ${g4// /} | ${rtt// /} | ${load// /} | ${cpg// /} |")
+  echo "  $label: ${g1// /} / ${g4// /} Gbit/s, rtt ${rtt// /} ms idle, ${load// /} ms loaded, ${cpg// /} CPU s/GB" >&2
 }
 run_ferrotun() { # label server-config client-config
   ip netns exec "$A" "$SERVER" -q -c "$W/$2" --socket "$W/s.sock" 2>"$W/server.log" &
@@ -239,8 +250,8 @@ MEM=""
 echo
 echo "$(date -u +%Y-%m-%d), kernel $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores, iperf3 $SECS s per figure, median of $RUNS"
 echo
-echo "| path | 1 stream Gbit/s | 4 streams Gbit/s | RTT ms | tunnel CPU s/GB |"
-echo "|---|---|---|---|---|"
+echo "| path | 1 stream Gbit/s | 4 streams Gbit/s | RTT ms | RTT loaded ms | tunnel CPU s/GB |"
+echo "|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
 [ -n "$MEM" ] && { echo; echo "$MEM"; }
 

@@ -15,6 +15,10 @@
 //! - a client's **connector** ([`client`]) keeps the server reachable: it resolves the
 //!   endpoint, (re)connects over TCP, and retries with backoff when handshakes fail.
 //!
+//! Both data paths run on one thread. A path whose input stays ready gives the thread up
+//! after a [`Turn`] (0.5 ms) of work, so that the other direction, which carries the
+//! ACKs of a bulk stream and any interactive packet, is not held up behind it.
+//!
 //! The two data paths share no lock (see [`crate::peer`]) and allocate nothing per packet
 //! in steady state: buffers are allocated once per task; keypairs, endpoints, the peer
 //! table and the MAC table are read through `ArcSwap`. Every datagram is hostile until
@@ -66,6 +70,45 @@ pub const TRAILER: usize = 16 + 16;
 pub const ETHERNET_OVERHEAD: usize = ferrotun_device::vnet::MAX_ETHERNET_HEADER;
 /// When received data has gone unanswered this long, a keepalive is sent (WireGuard: 10 s).
 pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a data path may keep the thread while its input stays ready.
+///
+/// tokio makes a task yield only when its budget (128 ready I/O operations) is spent, and a
+/// data path spends one or two per batch: with batches of 64 KiB, that let one direction
+/// run for about 4 ms while packets for the other waited. Lab, one saturating stream,
+/// median ping through the loaded tunnel: 4.1–6.0 ms without turns; with turns of 0, 0.25,
+/// 0.5 and 1 ms, 2.3–2.5, 2.7–3.1, 2.5–3.2 and 3.5–3.9 ms. Every yield costs a poll of the
+/// event loop; turns of 0 raised CPU per GB by about 8 %, 0.5 ms by less than the noise.
+pub const TURN: std::time::Duration = std::time::Duration::from_micros(500);
+
+/// The time a data path has held the thread since it last gave it up.
+#[derive(Debug)]
+pub struct Turn {
+    since: Instant,
+}
+
+impl Turn {
+    /// A turn that starts at `now`.
+    pub fn new(now: Instant) -> Self {
+        Turn { since: now }
+    }
+
+    /// Whether the turn has lasted [`TURN`] by `now`; if so the next one starts at `now`.
+    pub fn is_over(&mut self, now: Instant) -> bool {
+        if now.saturating_duration_since(self.since) < TURN {
+            return false;
+        }
+        self.since = now;
+        true
+    }
+
+    /// Called after each batch: yields to the other tasks when the turn is over.
+    pub async fn next_batch(&mut self) {
+        if self.is_over(Instant::now()) {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
 /// Handshake messages waiting for the control task; beyond this they are dropped (a flood
 /// must not grow memory) and the responder asks for cookies.
 const INBOUND_QUEUE: usize = 256;
@@ -659,4 +702,25 @@ pub fn all_routes(t: &PeerTable) -> Vec<IpNet> {
     t.peers()
         .flat_map(|p| p.allowed_ips().iter().copied().collect::<Vec<_>>())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_turn_ends_after_its_length_and_the_next_starts_there() {
+        let start = Instant::now();
+        let mut turn = Turn::new(start);
+        assert!(!turn.is_over(start));
+        assert!(!turn.is_over(start + TURN - Duration::from_micros(1)));
+        assert!(turn.is_over(start + TURN));
+        // The next turn is measured from the moment the last one ended.
+        let second = start + TURN;
+        assert!(!turn.is_over(second + TURN / 2));
+        assert!(turn.is_over(second + TURN + Duration::from_micros(3)));
+        // A clock reading older than the turn's start (another task's `now`) is no overrun.
+        assert!(!turn.is_over(start));
+    }
 }

@@ -22,7 +22,7 @@ use ferrotun_proto::{Message, PayloadFlags, SessionIndex};
 use super::control::Inbound;
 use super::send::{Sealer, flood_to_peers};
 use super::switch::{self, LOCAL};
-use super::{PeerTable, Shared, Source, TRAILER, canonical};
+use super::{PeerTable, Shared, Source, TRAILER, Turn, canonical};
 use crate::peer::Peer;
 use crate::routing::ip_source;
 use crate::stats::DropReason;
@@ -99,6 +99,7 @@ pub async fn udp_receive_path(shared: Arc<Shared>, index: usize) -> anyhow::Resu
     let mut writer = shared.device_writer();
     let mut deliveries: Vec<Delivery> = Vec::with_capacity(RX_BUFFERS * 64);
     let mut lens: Vec<usize> = Vec::with_capacity(RX_BUFFERS * 64);
+    let mut turn = Turn::new(Instant::now());
     loop {
         let n = {
             let mut it = bufs.iter_mut();
@@ -142,6 +143,7 @@ pub async fn udp_receive_path(shared: Arc<Shared>, index: usize) -> anyhow::Resu
             &mut lens,
         )
         .await;
+        turn.next_batch().await;
     }
 }
 

@@ -23,7 +23,7 @@ use ferrotun_proto::wire::DATA_HEADER_LEN;
 use ferrotun_proto::{Compressor, PayloadFlags};
 
 use super::switch::{self, LOCAL};
-use super::{PeerAddr, PeerTable, Shared, TRAILER};
+use super::{PeerAddr, PeerTable, Shared, TRAILER, Turn};
 use crate::peer::{MAX_STAGED, Peer};
 use crate::routing::ip_destination;
 use crate::stats::DropReason;
@@ -168,6 +168,7 @@ pub async fn send_path(shared: Arc<Shared>, index: usize) -> anyhow::Result<()> 
     let mut flood = vec![0u8; stride];
     let mut reader = shared.device_reader();
     let mut table_seen = 0usize;
+    let mut turn = Turn::new(Instant::now());
     loop {
         let n = {
             let mut chunks = arena.chunks_exact_mut(stride);
@@ -226,6 +227,7 @@ pub async fn send_path(shared: Arc<Shared>, index: usize) -> anyhow::Result<()> 
             sealed.push(out);
         }
         transmit_batch(&shared, index, &arena, stride, &sealed).await;
+        turn.next_batch().await;
     }
 }
 

@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use super::receive::{Delivery, ReceiveScratch, Verdict, write_deliveries};
-use super::{Shared, Source, receive_one};
+use super::{Shared, Source, Turn, receive_one};
 use crate::stats::DropReason;
 
 /// A connection must complete a handshake within this time (DESIGN.md, "Decisions").
@@ -207,6 +207,7 @@ async fn read_loop(
     let mut deliveries: Vec<Delivery> = Vec::with_capacity(256);
     let mut lens: Vec<usize> = Vec::with_capacity(256);
     let deadline = tokio::time::Instant::now() + HANDSHAKE_DEADLINE;
+    let mut turn = Turn::new(std::time::Instant::now());
     loop {
         let spare = decoder.spare();
         let n = tokio::select! {
@@ -266,6 +267,7 @@ async fn read_loop(
         if conn.is_closed() {
             return Ok(());
         }
+        turn.next_batch().await;
     }
 }
 
