@@ -78,9 +78,12 @@ pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// ping replies take 2–3 ms from the server's device to the client's, on a path that
 /// carried only ACKs). Measured with `bench.sh --only udp` (one saturating stream, median
 /// ping through the loaded tunnel), alternating builds: 4.9–5.9 ms without turns (six
-/// rounds), 3.7–4.3 ms with 2 ms turns (three), 2.5–3.1 ms with 0.5 ms turns (six). The price is batching: the other direction is served more often, in smaller
-/// batches, and CPU per GB rose by 0–15 % (about 7 % on average) with 0.5 ms turns, while
-/// the one-stream rate did not change.
+/// rounds), 3.7–4.3 ms with 2 ms turns (three), 2.5–3.1 ms with 0.5 ms turns (six).
+///
+/// The price is batching: the other direction is served more often, in smaller batches
+/// (the client's `recvmmsg` calls per GB, which bring it the ACKs, went from about 1,300 to
+/// 3,500–4,200), so 0.5 ms turns add 4–17 % system calls per GB. CPU per GB moved by −14 %
+/// to +15 % in nine alternating pairs, +5 % on average; the one-stream rate did not change.
 pub const TURN: std::time::Duration = std::time::Duration::from_micros(500);
 
 /// The time a data path has held the thread since it last gave it up.
