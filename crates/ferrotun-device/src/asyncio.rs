@@ -47,6 +47,13 @@ impl AsyncQueue {
             .await
     }
 
+    /// Reads one packet if the queue has one, without waiting. An empty queue is
+    /// `WouldBlock`, and the reactor learns of it, so the next [`recv`](Self::recv) waits
+    /// for the device rather than trying a read that would fail the same way.
+    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.try_io(Interest::READABLE, |q| q.recv(buf))
+    }
+
     /// Waits for at least one packet, then reads as many as are ready, up to `bufs.len()`,
     /// each into `bufs[i][offset..]` with its length in `lens[i]`. Returns the count.
     pub async fn recv_batch<B: AsMut<[u8]>>(
@@ -55,9 +62,22 @@ impl AsyncQueue {
         offset: usize,
         lens: &mut [usize],
     ) -> io::Result<usize> {
-        self.inner
-            .async_io(Interest::READABLE, |q| q.recv_batch(bufs, offset, lens))
-            .await
+        let max = bufs.len().min(lens.len());
+        loop {
+            let mut ready = self.inner.readable().await?;
+            match ready.try_io(|q| q.get_ref().recv_batch(&mut *bufs, offset, &mut *lens)) {
+                Ok(Ok(n)) => {
+                    // Fewer than asked means the last read found the queue empty: say so
+                    // to the reactor, or the next call would try a read that fails alike.
+                    if n < max {
+                        ready.clear_ready();
+                    }
+                    return Ok(n);
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
     }
 
     /// Writes one packet, waiting if the kernel pushes back.

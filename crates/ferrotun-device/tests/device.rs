@@ -21,6 +21,17 @@ fn in_ns<R: Send>(tag: &str, f: impl FnOnce() -> R + Send) -> R {
     ns.run(f).expect("run in the namespace")
 }
 
+/// Runs `f`'s future on a current-thread tokio runtime in a new network namespace.
+fn on_runtime_in_ns<F: std::future::Future<Output = ()>>(tag: &str, f: impl FnOnce() -> F + Send) {
+    in_ns(tag, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(f())
+    })
+}
+
 /// Waits until `fd` is readable or the deadline passes.
 fn readable(q: &Queue, deadline: Instant) -> bool {
     let left = deadline.saturating_duration_since(Instant::now());
@@ -168,71 +179,106 @@ fn tun_carries_ipv6_both_ways() {
 
 #[test]
 fn async_batches_leave_headroom_and_carry_every_packet() {
-    in_ns("async", || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let dev = tun_up("ftas", "10.7.2.1/24", "fd07:2::1/64");
-            let q = dev.into_queues().pop().unwrap().into_async().unwrap();
-            let sock = UdpSocket::bind("10.7.2.1:0").unwrap();
-            const N: usize = 20;
-            const OFFSET: usize = 16;
-            for i in 0..N {
-                sock.send_to(format!("datagram {i}").as_bytes(), "10.7.2.2:9100")
-                    .unwrap();
-            }
-            // Read in batches until every datagram has been seen; the bytes before the
-            // offset must stay the caller's.
-            let mut bufs = vec![vec![0xa5u8; 2048]; 8];
-            let mut lens = [0usize; 8];
-            let mut seen = Vec::new();
-            let deadline = tokio::time::Instant::now() + WAIT;
-            while seen.len() < N {
-                let n =
-                    tokio::time::timeout_at(deadline, q.recv_batch(&mut bufs, OFFSET, &mut lens))
-                        .await
-                        .expect("all datagrams arrive in time")
-                        .unwrap();
-                assert!(n >= 1 && n <= bufs.len());
-                for (b, &len) in bufs.iter().zip(&lens).take(n) {
-                    assert!(
-                        b[..OFFSET].iter().all(|&x| x == 0xa5),
-                        "headroom was written"
-                    );
-                    if let Some(u) = parse_udp(&b[OFFSET..OFFSET + len]).filter(|u| u.dport == 9100)
-                    {
-                        seen.push(String::from_utf8(u.payload).unwrap());
-                    }
+    on_runtime_in_ns("async", || async {
+        let dev = tun_up("ftas", "10.7.2.1/24", "fd07:2::1/64");
+        let q = dev.into_queues().pop().unwrap().into_async().unwrap();
+        let sock = UdpSocket::bind("10.7.2.1:0").unwrap();
+        const N: usize = 20;
+        const OFFSET: usize = 16;
+        for i in 0..N {
+            sock.send_to(format!("datagram {i}").as_bytes(), "10.7.2.2:9100")
+                .unwrap();
+        }
+        // Read in batches until every datagram has been seen; the bytes before the
+        // offset must stay the caller's.
+        let mut bufs = vec![vec![0xa5u8; 2048]; 8];
+        let mut lens = [0usize; 8];
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while seen.len() < N {
+            let n = tokio::time::timeout_at(deadline, q.recv_batch(&mut bufs, OFFSET, &mut lens))
+                .await
+                .expect("all datagrams arrive in time")
+                .unwrap();
+            assert!(n >= 1 && n <= bufs.len());
+            for (b, &len) in bufs.iter().zip(&lens).take(n) {
+                assert!(
+                    b[..OFFSET].iter().all(|&x| x == 0xa5),
+                    "headroom was written"
+                );
+                if let Some(u) = parse_udp(&b[OFFSET..OFFSET + len]).filter(|u| u.dport == 9100) {
+                    seen.push(String::from_utf8(u.payload).unwrap());
                 }
             }
-            let want: Vec<String> = (0..N).map(|i| format!("datagram {i}")).collect();
-            assert_eq!(seen, want, "every datagram, in order, once");
+        }
+        let want: Vec<String> = (0..N).map(|i| format!("datagram {i}")).collect();
+        assert_eq!(seen, want, "every datagram, in order, once");
 
-            // A batch written into the device reaches the socket whole.
-            let rx = UdpSocket::bind("10.7.2.1:9101").unwrap();
-            rx.set_read_timeout(Some(WAIT)).unwrap();
-            let out: Vec<Vec<u8>> = (0..N)
-                .map(|i| {
-                    let mut b = vec![0u8; OFFSET];
-                    b.extend(ipv4_udp(
-                        Ipv4Addr::new(10, 7, 2, 2),
-                        Ipv4Addr::new(10, 7, 2, 1),
-                        4000,
-                        9101,
-                        format!("back {i}").as_bytes(),
-                    ));
-                    b
-                })
-                .collect();
-            q.send_batch(&out, OFFSET).await.unwrap();
-            let mut buf = [0u8; 64];
-            for i in 0..N {
-                let n = rx.recv(&mut buf).expect("every written packet arrives");
-                assert_eq!(&buf[..n], format!("back {i}").as_bytes());
+        // A batch written into the device reaches the socket whole.
+        let rx = UdpSocket::bind("10.7.2.1:9101").unwrap();
+        rx.set_read_timeout(Some(WAIT)).unwrap();
+        let out: Vec<Vec<u8>> = (0..N)
+            .map(|i| {
+                let mut b = vec![0u8; OFFSET];
+                b.extend(ipv4_udp(
+                    Ipv4Addr::new(10, 7, 2, 2),
+                    Ipv4Addr::new(10, 7, 2, 1),
+                    4000,
+                    9101,
+                    format!("back {i}").as_bytes(),
+                ));
+                b
+            })
+            .collect();
+        q.send_batch(&out, OFFSET).await.unwrap();
+        let mut buf = [0u8; 64];
+        for i in 0..N {
+            let n = rx.recv(&mut buf).expect("every written packet arrives");
+            assert_eq!(&buf[..n], format!("back {i}").as_bytes());
+        }
+    });
+}
+
+#[test]
+fn an_empty_try_recv_still_lets_the_next_packet_wake_the_reader() {
+    on_runtime_in_ns("tryrecv", || async {
+        let dev = tun_up("ftar", "10.7.3.1/24", "fd07:3::1/64");
+        let q = dev.into_queues().pop().unwrap().into_async().unwrap();
+        let sock = UdpSocket::bind("10.7.3.1:0").unwrap();
+        let mut buf = vec![0u8; 2048];
+        // Each round starts after `try_recv` found the queue empty and told the
+        // reactor so: the next packet must still wake the waiting `recv`.
+        for round in 0..5 {
+            let msg = format!("round {round}");
+            let again = format!("round {round} again");
+            sock.send_to(msg.as_bytes(), "10.7.3.2:9200").unwrap();
+            sock.send_to(again.as_bytes(), "10.7.3.2:9200").unwrap();
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let n = tokio::time::timeout_at(deadline, q.recv(&mut buf))
+                    .await
+                    .unwrap_or_else(|_| panic!("round {round}: the packet woke no one"))
+                    .unwrap();
+                // The host's own packets (router solicitations) may come first.
+                if parse_udp(&buf[..n]).is_some_and(|u| u.payload == msg.as_bytes()) {
+                    break;
+                }
             }
-        });
+            // Both were queued when `send_to` returned: the second is read without
+            // waiting, and then the queue is empty.
+            let mut second = false;
+            loop {
+                match q.try_recv(&mut buf) {
+                    Ok(n) => {
+                        second |=
+                            parse_udp(&buf[..n]).is_some_and(|u| u.payload == again.as_bytes());
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("try_recv: {e}"),
+                }
+            }
+            assert!(second, "round {round}: try_recv missed a queued packet");
+        }
     });
 }
 

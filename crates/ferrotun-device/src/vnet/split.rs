@@ -200,11 +200,10 @@ impl Reader {
             self.accept(len)?;
             n = self.take(bufs, offset, lens, 0)?;
         }
-        // The descriptor of an AsyncQueue is non-blocking: read on until it is empty or
-        // the batch is full. (tokio still thinks the queue readable after our own
-        // WouldBlock; its next `recv` tries once more and then clears that.)
+        // Read on until the queue is empty or the batch is full. The read that finds the
+        // queue empty tells the reactor, so the next call waits instead of trying again.
         while n < max && self.pending.is_none() && self.deferred.is_none() {
-            match queue.get_ref().recv(&mut self.frame) {
+            match queue.try_recv(&mut self.frame) {
                 // Packets are already in the caller's buffers: any error waits for the
                 // next call rather than losing them.
                 Ok(len) => match self.accept(len) {
