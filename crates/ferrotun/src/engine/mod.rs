@@ -114,6 +114,24 @@ impl Turn {
             tokio::task::yield_now().await;
         }
     }
+
+    /// Awaits the path's next input. If it had to wait, the task gave the thread up
+    /// meanwhile, so a new turn starts when the input arrives: a path woken after a pause
+    /// does not yield after its first batch, which would cost a trip through the reactor.
+    pub async fn wait<F: Future>(&mut self, input: F) -> F::Output {
+        let mut input = std::pin::pin!(input);
+        let mut waited = false;
+        let out = std::future::poll_fn(|cx| {
+            let r = input.as_mut().poll(cx);
+            waited |= r.is_pending();
+            r
+        })
+        .await;
+        if waited {
+            self.since = Instant::now();
+        }
+        out
+    }
 }
 
 /// Handshake messages waiting for the control task; beyond this they are dropped (a flood
@@ -729,5 +747,22 @@ mod tests {
         assert!(turn.is_over(second + TURN + Duration::from_micros(3)));
         // A clock reading older than the turn's start (another task's `now`) is no overrun.
         assert!(!turn.is_over(start));
+    }
+
+    #[test]
+    fn a_turn_restarts_when_the_input_had_to_be_waited_for() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let old = Instant::now() - 4 * TURN;
+        let mut turn = Turn::new(old);
+        // Input that is ready at once: the task kept the thread, the turn goes on.
+        assert_eq!(rt.block_on(turn.wait(std::future::ready(7))), 7);
+        assert_eq!(turn.since, old);
+        // Input that was pending once: the thread was given up, a new turn began.
+        let before = Instant::now();
+        rt.block_on(turn.wait(tokio::task::yield_now()));
+        assert!(turn.since >= before, "the turn did not restart");
+        assert!(!turn.is_over(turn.since + TURN / 2));
     }
 }

@@ -106,7 +106,7 @@ pub async fn udp_receive_path(shared: Arc<Shared>, index: usize) -> anyhow::Resu
             let mut iovs: [std::io::IoSliceMut<'_>; RX_BUFFERS] = std::array::from_fn(|_| {
                 std::io::IoSliceMut::new(it.next().expect("RX_BUFFERS buffers").as_mut_slice())
             });
-            match udp.recv(&mut iovs, &mut metas).await {
+            match turn.wait(udp.recv(&mut iovs, &mut metas)).await {
                 Ok(n) => n,
                 // ICMP errors can surface on a UDP socket; they are not ours to act on.
                 Err(e) if is_transient(&e) => continue,

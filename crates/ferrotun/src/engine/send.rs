@@ -177,10 +177,13 @@ pub async fn send_path(shared: Arc<Shared>, index: usize) -> anyhow::Result<()> 
             let q = shared.tun.queue(index);
             let r = match reader.as_mut() {
                 Some(r) => {
-                    r.recv_batch(q, &mut slots, DATA_HEADER_LEN, &mut lens)
+                    turn.wait(r.recv_batch(q, &mut slots, DATA_HEADER_LEN, &mut lens))
                         .await
                 }
-                None => q.recv_batch(&mut slots, DATA_HEADER_LEN, &mut lens).await,
+                None => {
+                    turn.wait(q.recv_batch(&mut slots, DATA_HEADER_LEN, &mut lens))
+                        .await
+                }
             };
             match r {
                 Ok(n) => n,

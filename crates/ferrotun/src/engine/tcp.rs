@@ -211,7 +211,7 @@ async fn read_loop(
     loop {
         let spare = decoder.spare();
         let n = tokio::select! {
-            r = r.read(spare) => r.map_err(|e| e.to_string())?,
+            r = turn.wait(r.read(spare)) => r.map_err(|e| e.to_string())?,
             () = tokio::time::sleep_until(deadline), if !conn.is_authenticated() => {
                 shared.drop_packet(DropReason::TcpClosed, || format!("{} sent no handshake within {HANDSHAKE_DEADLINE:?}", conn.remote));
                 return Err("no handshake in time".into());
