@@ -208,6 +208,83 @@ fn bob(cfg: &Configs) -> std::path::PathBuf {
 }
 
 #[test]
+fn a_tap_server_drops_frames_over_its_mtu_from_a_peer_with_a_larger_one() {
+    let lab = Lab::star(3).unwrap();
+    let cfg = Configs::new();
+    let (a, b, c) = (lab.a(), lab.b(), lab.host("c").unwrap());
+    let tap = |file: &std::path::Path, name: &str, mtu: u32, mac: &str| {
+        let text = std::fs::read_to_string(file).unwrap();
+        let text = text.replace("mode = \"tun\"", "mode = \"tap\"");
+        let text = text.replacen("mtu = 1420", &format!("mtu = {mtu}\nmac = \"{mac}\""), 1);
+        let p = cfg.path(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let server_cfg = tap(&cfg.server(), "tap-server.toml", 1420, "02:77:00:00:00:01");
+    // Alice's device takes 1500-byte packets; the server's and bob's only 1420. Compressed,
+    // her big frames fit the 1500-byte underlay (uncompressed the socket refuses them).
+    cfg.variant(
+        "peers/alice.toml",
+        "peers/alice.toml",
+        &[("# compress = false", "compress = true")],
+    );
+    let alice_cfg = tap(&cfg.client(), "tap-alice.toml", 1500, "02:77:00:00:00:02");
+    let text = std::fs::read_to_string(&alice_cfg).unwrap();
+    std::fs::write(
+        &alice_cfg,
+        text.replace("# compress = false", "compress = true"),
+    )
+    .unwrap();
+    let bob_cfg = tap(&bob(&cfg), "tap-bob.toml", 1420, "02:77:00:00:00:03");
+    let _server = start_server(&lab, a, &server_cfg);
+    let _alice = start_client(&lab, b, "alice", &alice_cfg);
+    let _bob = start_client(&lab, c, "bob", &bob_cfg);
+    for h in [b, c] {
+        wait_for_ping(h.ns(), addr("10.77.0.1"), UP).unwrap();
+    }
+    // Broadcast frames of 1,514 bytes of zeros: the server would flood them to bob through
+    // buffers sized for its own MTU. They must be counted and dropped, and the server live.
+    let out = b
+        .command("ping")
+        .args([
+            "-b",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-s",
+            "1472",
+            "-p",
+            "00",
+            "-W",
+            "1",
+            "10.77.0.255",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("3 packets transmitted"),
+        "{out:?}"
+    );
+    wait_until(
+        "the server counted the big frames",
+        Duration::from_secs(5),
+        || {
+            show_json(&lab, "server")["drops"]["too_big"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 3
+        },
+    )
+    .unwrap();
+    // The switch still works for frames that fit.
+    for (from, to) in [(b, "10.77.0.3"), (c, "10.77.0.1"), (c, "10.77.0.2")] {
+        let p = ping(from.ns(), addr(to), 3, Duration::from_secs(5)).unwrap();
+        assert!(p.all_answered(), "{} to {to}: {}", from.tag(), p.output);
+    }
+}
+
+#[test]
 fn a_tap_server_switches_frames_between_three_clients_by_mac() {
     let lab = Lab::star(4).unwrap();
     let cfg = Configs::new();

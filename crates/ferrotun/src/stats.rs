@@ -52,7 +52,7 @@ drop_reasons! {
     NoRoute => "no_route", "A packet from the device to an address no peer's allowed_ips covers.";
     NoEndpoint => "no_endpoint", "A packet for a peer whose address we do not know yet.";
     QueueFull => "queue_full", "A packet waiting for a handshake, dropped because the queue was full.";
-    TooBig => "too_big", "A packet from the device larger than the MTU.";
+    TooBig => "too_big", "A packet from the device, or a TAP frame from a peer, larger than the MTU.";
     SendFailed => "send_failed", "A datagram the socket would not send.";
     Hairpin => "hairpin", "A TAP frame for the peer it came from (a switch never sends it back).";
     TcpClosed => "tcp_closed", "A TCP connection closed for garbage, an oversized frame, no handshake in time, or eviction.";

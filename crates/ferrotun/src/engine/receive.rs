@@ -392,6 +392,16 @@ async fn receive_data(
             }
         }
         Mode::Tap => {
+            // A switch port drops frames over its MTU, and the buffers that forward and
+            // flood frames to other peers hold no more: a peer configured with a larger
+            // MTU than ours gets its big frames counted, not switched.
+            let len = payload.len() - HEADROOM;
+            if len > shared.frame_len() {
+                shared.drop_for(peer, DropReason::TooBig, || {
+                    format!("{len}-byte frame from peer {} exceeds the MTU", peer.name())
+                });
+                return Verdict::Dropped;
+            }
             let Some(port) = switch_port(shared, peer, &payload[HEADROOM..], now) else {
                 return Verdict::Dropped;
             };
