@@ -643,6 +643,8 @@ fn sequence_gaps_flags_options_and_ip_fields_stop_merging() {
         ("CWR", Box::new(|t| t.flags = ACK | CWR)),
         ("no ACK", Box::new(|t| t.flags = PSH)),
         ("IPv4 id jumps", Box::new(|t| t.id += 5)),
+        ("window", Box::new(|t| t.window += 1)),
+        ("zero window reopened", Box::new(|t| t.window = 65535)),
     ];
     for (what, change) in variants {
         let mut ts = base.clone();
@@ -663,6 +665,20 @@ fn sequence_gaps_flags_options_and_ip_fields_stop_merging() {
     let c = !(ones_sum(&pkts[2][..20]) as u16);
     pkts[2][10..12].copy_from_slice(&c.to_be_bytes());
     assert_eq!(shape(&coalesce(&mut tso(), &pkts, HEADROOM)), vec![2, 1]);
+    // The AE bit (the lowest of byte 12) set on the third, its checksum updated (RFC 1624).
+    let mut pkts = build(&base, &sizes);
+    pkts[2][20 + 12] |= 1;
+    let old = u16::from_be_bytes([pkts[2][36], pkts[2][37]]);
+    let sum = u32::from(!old) + 0x0100;
+    let sum = (sum & 0xffff) + (sum >> 16);
+    pkts[2][36..38].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let frames = coalesce(&mut tso(), &pkts, HEADROOM);
+    assert_eq!(shape(&frames), vec![2, 1], "AE");
+    assert_eq!(
+        frames[1][VNET..],
+        pkts[2][..],
+        "AE: the odd one out is unchanged"
+    );
 }
 
 #[test]

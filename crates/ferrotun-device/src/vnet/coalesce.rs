@@ -655,8 +655,13 @@ fn headers_match(head: &[u8], pkt: &[u8], m: &Merge) -> bool {
         return false;
     }
     if m.tcp {
+        // As the kernel's GRO: the data offset with the reserved and AE bits, and the
+        // window, must be equal too, or a merged segment would carry only the first's
+        // (a window update, say from zero, would be lost).
         let l4 = m.l4;
         head[at(l4, TCP_ACK)] == pkt[at(l4, TCP_ACK)]
+            && head[l4 + TCP_DATA_OFFSET] == pkt[l4 + TCP_DATA_OFFSET]
+            && head[at(l4, TCP_WINDOW)] == pkt[at(l4, TCP_WINDOW)]
             && head[l4 + TCP_HEADER_MIN..m.hdr_len] == pkt[l4 + TCP_HEADER_MIN..m.hdr_len]
     } else {
         true

@@ -38,6 +38,7 @@ pub(crate) const TCP_SEQ: Range<usize> = 4..8;
 pub(crate) const TCP_ACK: Range<usize> = 8..12;
 pub(crate) const TCP_DATA_OFFSET: usize = 12;
 pub(crate) const TCP_FLAGS: usize = 13;
+pub(crate) const TCP_WINDOW: Range<usize> = 14..16;
 pub(crate) const TCP_CHECKSUM: Range<usize> = 16..18;
 
 pub(crate) const TCP_FIN: u8 = 0x01;
