@@ -408,6 +408,81 @@ fn reconnect(t: T) {
     assert!(has_interface(b, "ftun1"));
 }
 
+/// The established TCP connections to the server's port 51820 seen from `host`'s namespace,
+/// as `local peer` address pairs.
+fn tunnel_connections(host: &ferrotun_lab::Host, filter: &str) -> Vec<String> {
+    let out = host
+        .command("ss")
+        .args(["-Htn", "state", "established", filter])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().skip(2).collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+#[test]
+fn a_tcp_connection_the_peer_left_half_open_is_closed_when_it_comes_back() {
+    let lab = Lab::two_hosts().unwrap();
+    let cfg = Configs::new();
+    let (a, b) = (lab.a(), lab.b());
+    let (scfg, ccfg) = cell_configs(&cfg, T::Tcp, false, false);
+    let _server = start_server(&lab, a, &scfg);
+    let mut client = start_client(&lab, b, "client", &ccfg);
+    wait_for_ping(b.ns(), addr("10.77.0.1"), UP).unwrap();
+    // The client's side of its connection: its port, to cut just that connection off.
+    let old = tunnel_connections(b, "( dport = :51820 )");
+    assert_eq!(old.len(), 1, "{old:?}");
+    let port: u16 = old[0]
+        .split_whitespace()
+        .next()
+        .and_then(|local| local.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("a port in {old:?}"));
+    // From now on nothing of that connection passes in either direction, so the server
+    // never hears that the client went away: the connection is half-open.
+    let nft = format!(
+        "table inet halfopen {{\n\
+         chain out {{ type filter hook output priority 0; tcp sport {port} drop; }}\n\
+         chain inp {{ type filter hook input priority 0; tcp dport {port} drop; }}\n}}\n"
+    );
+    let st = b
+        .command("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn();
+    let mut st = st.unwrap();
+    st.stdin.take().unwrap().write_all(nft.as_bytes()).unwrap();
+    assert!(st.wait().unwrap().success(), "nft refused {nft}");
+    client.kill(Duration::from_millis(10)).unwrap();
+    drop(client);
+    wait_until(
+        "the client's interface to go",
+        Duration::from_secs(10),
+        || !has_interface(b, "ftun1"),
+    )
+    .unwrap();
+    assert_eq!(
+        tunnel_connections(a, "( sport = :51820 )").len(),
+        1,
+        "the server still holds the old connection"
+    );
+    // The client comes back on a new connection. The server must close the old one.
+    let _client = start_client(&lab, b, "client2", &ccfg);
+    wait_for_ping(b.ns(), addr("10.77.0.1"), UP).unwrap();
+    wait_until(
+        "the server to keep one connection",
+        Duration::from_secs(10),
+        || {
+            let open = tunnel_connections(a, "( sport = :51820 )");
+            open.len() == 1 && !open[0].ends_with(&format!(":{port}"))
+        },
+    )
+    .unwrap();
+    transfer(a.ns(), "10.77.0.1:0", b.ns(), 4 * MB);
+}
+
 #[test]
 fn the_client_reconnects_over_udp_after_the_server_restarts() {
     reconnect(T::Udp);

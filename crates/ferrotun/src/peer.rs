@@ -157,10 +157,23 @@ impl Peer {
     }
 
     /// Records the peer's address (from an authenticated packet) and logs a change.
+    ///
+    /// A TCP connection the peer has left is closed: a peer whose old connection went
+    /// half-open (a NAT forgot it, the host vanished) and who came back on a new one would
+    /// otherwise leave the old one, and its buffers, open for good. A closed connection
+    /// cannot take the endpoint back with a packet it read before it closed.
     pub fn set_endpoint(&self, addr: PeerAddr) {
+        if let PeerAddr::Tcp(c) = &addr
+            && c.is_closed()
+        {
+            return;
+        }
         let old = self.endpoint.load();
         if old.as_deref().is_some_and(|o| o.same(&addr)) {
             return;
+        }
+        if let Some(PeerAddr::Tcp(c)) = old.as_deref() {
+            c.close();
         }
         match old.as_deref() {
             None => tracing::info!(peer = self.name(), endpoint = %addr, "peer address learned"),
