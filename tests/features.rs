@@ -7,7 +7,9 @@ mod support;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use ferrotun_lab::{Lab, Signal, UdpSink, ping, send_sequence, wait_for_ping, wait_until};
+use ferrotun_lab::{
+    Hook, Lab, LossRule, Signal, UdpSink, ping, send_sequence, wait_for_ping, wait_until,
+};
 use support::*;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -207,18 +209,29 @@ fn bob(cfg: &Configs) -> std::path::PathBuf {
     )
 }
 
+/// `file` made a TAP configuration with this MTU and MAC address, written as `name`.
+fn tap_config(
+    cfg: &Configs,
+    file: &std::path::Path,
+    name: &str,
+    mtu: u32,
+    mac: &str,
+) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(file).unwrap();
+    let text = text.replace("mode = \"tun\"", "mode = \"tap\"");
+    let text = text.replacen("mtu = 1420", &format!("mtu = {mtu}\nmac = \"{mac}\""), 1);
+    let p = cfg.path(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
 #[test]
 fn a_tap_server_drops_frames_over_its_mtu_from_a_peer_with_a_larger_one() {
     let lab = Lab::star(3).unwrap();
     let cfg = Configs::new();
     let (a, b, c) = (lab.a(), lab.b(), lab.host("c").unwrap());
     let tap = |file: &std::path::Path, name: &str, mtu: u32, mac: &str| {
-        let text = std::fs::read_to_string(file).unwrap();
-        let text = text.replace("mode = \"tun\"", "mode = \"tap\"");
-        let text = text.replacen("mtu = 1420", &format!("mtu = {mtu}\nmac = \"{mac}\""), 1);
-        let p = cfg.path(name);
-        std::fs::write(&p, text).unwrap();
-        p
+        tap_config(&cfg, file, name, mtu, mac)
     };
     let server_cfg = tap(&cfg.server(), "tap-server.toml", 1420, "02:77:00:00:00:01");
     // Alice's device takes 1500-byte packets; the server's and bob's only 1420. Compressed,
@@ -296,14 +309,8 @@ fn a_tap_server_switches_frames_between_three_clients_by_mac() {
     );
     let carol_cfg = carol(&cfg);
     std::fs::copy(cfg.path("carol.peer"), cfg.path("peers/carol.toml")).unwrap();
-    let tap = |file: &std::path::Path, name: &str, mac: &str| {
-        let text = std::fs::read_to_string(file).unwrap();
-        let text = text.replace("mode = \"tun\"", "mode = \"tap\"");
-        let text = text.replacen("mtu = 1420", &format!("mtu = 1420\nmac = \"{mac}\""), 1);
-        let p = cfg.path(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    };
+    let tap =
+        |file: &std::path::Path, name: &str, mac: &str| tap_config(&cfg, file, name, 1420, mac);
     let server_cfg = tap(&cfg.server(), "tap-server.toml", "02:77:00:00:00:01");
     let alice_cfg = tap(&cfg.client(), "tap-alice.toml", "02:77:00:00:00:02");
     let bob_cfg = tap(&bob(&cfg), "tap-bob.toml", "02:77:00:00:00:03");
@@ -408,8 +415,8 @@ fn reconnect(t: T) {
     assert!(has_interface(b, "ftun1"));
 }
 
-/// The established TCP connections to the server's port 51820 seen from `host`'s namespace,
-/// as `local peer` address pairs.
+/// The established TCP connections in `host`'s namespace that match the `ss` filter, as
+/// `local peer` address pairs.
 fn tunnel_connections(host: &ferrotun_lab::Host, filter: &str) -> Vec<String> {
     let out = host
         .command("ss")
@@ -442,19 +449,16 @@ fn a_tcp_connection_the_peer_left_half_open_is_closed_when_it_comes_back() {
         .unwrap_or_else(|| panic!("a port in {old:?}"));
     // From now on nothing of that connection passes in either direction, so the server
     // never hears that the client went away: the connection is half-open.
-    let nft = format!(
-        "table inet halfopen {{\n\
-         chain out {{ type filter hook output priority 0; tcp sport {port} drop; }}\n\
-         chain inp {{ type filter hook input priority 0; tcp dport {port} drop; }}\n}}\n"
-    );
-    let st = b
-        .command("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn();
-    let mut st = st.unwrap();
-    st.stdin.take().unwrap().write_all(nft.as_bytes()).unwrap();
-    assert!(st.wait().unwrap().success(), "nft refused {nft}");
+    let cut = |hook, m: String| {
+        LossRule::percent(100)
+            .unwrap()
+            .hook(hook)
+            .matching(m)
+            .install(b.ns())
+            .unwrap()
+    };
+    let _cut_out = cut(Hook::Output, format!("tcp sport {port}"));
+    let _cut_in = cut(Hook::Input, format!("tcp dport {port}"));
     client.kill(Duration::from_millis(10)).unwrap();
     drop(client);
     wait_until(

@@ -109,10 +109,15 @@ impl LossSpec {
         let matches = self.matches.join(" ");
         // Priority -150 (mangle) runs before the filter chains a program under test might
         // add, so the loss applies to everything that matches.
+        // nft refuses `< 100` after `mod 100` (the value must be 0..=99): all is no draw.
+        let draw = if self.percent >= 100 {
+            String::new()
+        } else {
+            format!("numgen random mod 100 < {} ", self.percent)
+        };
         format!(
-            "table inet {table} {{\n  chain loss {{\n    type filter hook {hook} priority -150; policy accept;\n    {matches} counter\n    {matches} numgen random mod 100 < {p} counter drop\n  }}\n}}\n",
+            "table inet {table} {{\n  chain loss {{\n    type filter hook {hook} priority -150; policy accept;\n    {matches} counter\n    {matches} {draw}counter drop\n  }}\n}}\n",
             hook = self.hook,
-            p = self.percent,
         )
     }
 }

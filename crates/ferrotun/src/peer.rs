@@ -172,13 +172,13 @@ impl Peer {
         if old.as_deref().is_some_and(|o| o.same(&addr)) {
             return;
         }
-        if let Some(PeerAddr::Tcp(c)) = old.as_deref() {
-            c.close();
-        }
         match old.as_deref() {
             None => tracing::info!(peer = self.name(), endpoint = %addr, "peer address learned"),
             Some(o) => {
-                tracing::info!(peer = self.name(), endpoint = %addr, old = %o, "peer roamed")
+                tracing::info!(peer = self.name(), endpoint = %addr, old = %o, "peer roamed");
+                if let PeerAddr::Tcp(c) = o {
+                    c.close();
+                }
             }
         }
         self.endpoint.store(Some(Arc::new(addr)));
