@@ -27,22 +27,38 @@ use crate::peer::Peer;
 use crate::routing::ip_source;
 use crate::stats::DropReason;
 
-/// Scratch a receiving task needs: room to decompress, and to re-seal frames it switches.
+/// Scratch a receiving task needs: the packets of the current batch that wait to be
+/// written to the device, room to decompress, and to re-seal frames it switches.
 pub struct ReceiveScratch {
     /// The time to stamp this batch's messages with (one clock read per batch).
     pub now: Instant,
-    plain: Vec<u8>,
+    /// The device queue this task writes to.
+    queue: usize,
+    /// Packets for the device, in the order their messages arrived: in place in the
+    /// caller's buffers, or decompressed into `arena`. Written in that order, so a
+    /// compressed packet cannot overtake an uncompressed one sent before it.
+    deliveries: Vec<Delivery>,
+    /// This batch's decompressed packets, each behind [`HEADROOM`] bytes.
+    arena: Vec<u8>,
+    /// The most one decompressed packet takes in `arena`, headroom included.
+    slot: usize,
+    lens: Vec<usize>,
     fwd: Forwarder,
 }
 
 /// What switching a frame on to other peers needs.
 struct Forwarder {
-    /// The device queue to write to (the receive task's).
-    queue: usize,
     forward: Vec<u8>,
     flood: Vec<u8>,
     sealer: Sealer,
 }
+
+/// Bytes of decompressed packets one batch may hold before they are written out early: a
+/// burst of small compressed messages must not grow a task's memory without bound.
+const ARENA_LIMIT: usize = 256 * 1024;
+
+/// [`Delivery::buf`] of a packet in the scratch's arena.
+const ARENA: usize = usize::MAX;
 
 impl ReceiveScratch {
     /// Scratch for `shared`'s frame size, for a task that writes to device queue `queue`
@@ -53,9 +69,12 @@ impl ReceiveScratch {
         let sealed = DATA_HEADER_LEN + frame + TRAILER;
         ReceiveScratch {
             now: Instant::now(),
-            plain: vec![0u8; HEADROOM + shared.plain_len()],
+            queue,
+            deliveries: Vec::with_capacity(RX_BUFFERS * 64),
+            arena: Vec::new(),
+            slot: HEADROOM + shared.plain_len(),
+            lens: Vec::with_capacity(RX_BUFFERS * 64),
             fwd: Forwarder {
-                queue,
                 forward: vec![0u8; sealed],
                 flood: vec![0u8; sealed],
                 sealer: Sealer::new(frame),
@@ -65,7 +84,109 @@ impl ReceiveScratch {
 
     /// The device queue this task writes to.
     pub fn queue(&self) -> usize {
-        self.fwd.queue
+        self.queue
+    }
+
+    /// Starts a batch: one clock read for all its messages.
+    pub fn begin_batch(&mut self) {
+        self.now = Instant::now();
+    }
+
+    /// Queues the packet that [`Verdict::Deliver`] left at `bufs[buf][start..start + len]`.
+    pub fn deliver(&mut self, buf: usize, start: usize, len: usize) {
+        self.deliveries.push(Delivery { buf, start, len });
+    }
+
+    /// Whether the arena might not hold the next message's packet: the caller then
+    /// [`flush`](Self::flush)es before handing over that message.
+    pub fn must_flush(&self) -> bool {
+        self.arena.len() + self.slot > ARENA_LIMIT.max(self.slot)
+    }
+
+    /// Writes the queued packets to the device in the order they arrived, all in one
+    /// [`vnet::Writer`](ferrotun_device::vnet::Writer) batch (merged into super-segments
+    /// where possible) when the device has offloads, else one by one. Those in place are
+    /// at `bufs[d.buf][d.start..]`, each with 16 bytes of headroom before it.
+    pub async fn flush<B: AsMut<[u8]>>(
+        &mut self,
+        shared: &Shared,
+        writer: Option<&mut ferrotun_device::vnet::Writer>,
+        bufs: &mut [B],
+    ) {
+        if self.deliveries.is_empty() {
+            return;
+        }
+        match writer {
+            Some(w) => {
+                // Disjoint slices, one per packet, each with its headroom: within one
+                // buffer (or the arena) packets lie in the order they were queued.
+                let mut tails: Vec<(&mut [u8], usize)> = bufs
+                    .iter_mut()
+                    .map(|b| (b.as_mut(), 0))
+                    .chain(std::iter::once((self.arena.as_mut_slice(), 0)))
+                    .collect();
+                let arena = tails.len() - 1;
+                let mut packets: Vec<&mut [u8]> = Vec::with_capacity(self.deliveries.len());
+                self.lens.clear();
+                for d in &self.deliveries {
+                    let (tail, taken) = &mut tails[if d.buf == ARENA { arena } else { d.buf }];
+                    let (_, from) = std::mem::take(tail).split_at_mut(d.start - HEADROOM - *taken);
+                    let (pkt, after) = from.split_at_mut(HEADROOM + d.len);
+                    *taken = d.start + d.len;
+                    *tail = after;
+                    packets.push(pkt);
+                    self.lens.push(d.len);
+                }
+                if let Err(e) = w
+                    .send_batch(
+                        shared.tun.queue(self.queue),
+                        &mut packets,
+                        HEADROOM,
+                        &self.lens,
+                    )
+                    .await
+                {
+                    shared.drop_packet(DropReason::SendFailed, || {
+                        format!("writing to the device: {e}")
+                    });
+                }
+            }
+            None => {
+                for d in &self.deliveries {
+                    let src = if d.buf == ARENA {
+                        self.arena.as_mut_slice()
+                    } else {
+                        bufs[d.buf].as_mut()
+                    };
+                    let buf = &mut src[d.start - HEADROOM..d.start + d.len];
+                    if let Err(e) = shared.tun.write(self.queue, buf, HEADROOM, d.len).await {
+                        shared.drop_packet(DropReason::SendFailed, || {
+                            format!("writing to the device: {e}")
+                        });
+                    }
+                }
+            }
+        }
+        self.deliveries.clear();
+        self.arena.clear();
+    }
+
+    /// Decompresses `compressed` to the end of the arena, behind [`HEADROOM`] bytes, and
+    /// returns where the packet starts (it runs to the arena's end). The caller queues it
+    /// or gives the room back by truncating the arena.
+    fn decompress(&mut self, compressed: &[u8]) -> Result<usize, ferrotun_proto::CompressError> {
+        let start = self.arena.len() + HEADROOM;
+        self.arena.resize(start - HEADROOM + self.slot, 0);
+        match ferrotun_proto::decompress(compressed, &mut self.arena[start..]) {
+            Ok(n) => {
+                self.arena.truncate(start + n);
+                Ok(start)
+            }
+            Err(e) => {
+                self.arena.truncate(start - HEADROOM);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -74,21 +195,21 @@ const RX_BUFFERS: usize = 8;
 /// Size of one receive buffer: the largest GRO batch the kernel hands over.
 const RX_BUFFER_LEN: usize = 65536;
 
-/// A packet decrypted in place, to be written to the device: buffer, start, length.
+/// A packet decrypted in place or decompressed, to be written to the device.
 #[derive(Debug, Clone, Copy)]
-pub struct Delivery {
-    /// Which buffer.
-    pub buf: usize,
+struct Delivery {
+    /// Which of the caller's buffers, or [`ARENA`].
+    buf: usize,
     /// Where the packet starts in it (at least 16 bytes in).
-    pub start: usize,
+    start: usize,
     /// Its length.
-    pub len: usize,
+    len: usize,
 }
 
 /// Reads datagrams from the UDP socket until it fails: several buffers per system call,
 /// each holding one datagram or (with GRO) several of one size from one sender. Packets
-/// decrypted in place are written to the device together at the end of the batch, merged
-/// into super-segments when the device has offloads.
+/// for the device are written together at the end of the batch, in the order they
+/// arrived, merged into super-segments when the device has offloads.
 ///
 /// Task `index` reads UDP socket `index` and writes to device queue `index`.
 pub async fn udp_receive_path(shared: Arc<Shared>, index: usize) -> anyhow::Result<()> {
@@ -97,8 +218,6 @@ pub async fn udp_receive_path(shared: Arc<Shared>, index: usize) -> anyhow::Resu
     let mut metas = [quinn_udp::RecvMeta::default(); RX_BUFFERS];
     let mut scratch = ReceiveScratch::new(&shared, index);
     let mut writer = shared.device_writer();
-    let mut deliveries: Vec<Delivery> = Vec::with_capacity(RX_BUFFERS * 64);
-    let mut lens: Vec<usize> = Vec::with_capacity(RX_BUFFERS * 64);
     let mut turn = Turn::new(Instant::now());
     loop {
         let n = {
@@ -113,92 +232,27 @@ pub async fn udp_receive_path(shared: Arc<Shared>, index: usize) -> anyhow::Resu
                 Err(e) => return Err(e).context("receiving from the UDP socket"),
             }
         };
-        deliveries.clear();
-        scratch.now = Instant::now();
+        scratch.begin_batch();
         for (k, meta) in metas.iter().enumerate().take(n) {
             let src = Source::Udp(canonical(meta.addr));
             let stride = meta.stride.max(1);
             let mut at = 0;
             while at < meta.len {
+                if scratch.must_flush() {
+                    scratch.flush(&shared, writer.as_mut(), &mut bufs).await;
+                }
                 let end = (at + stride).min(meta.len);
                 let dgram = &mut bufs[k][at..end];
                 if let Verdict::Deliver { start, len } =
                     receive_one(&shared, dgram, src, &mut scratch).await
                 {
-                    deliveries.push(Delivery {
-                        buf: k,
-                        start: at + start,
-                        len,
-                    });
+                    scratch.deliver(k, at + start, len);
                 }
                 at = end;
             }
         }
-        write_deliveries(
-            &shared,
-            scratch.queue(),
-            writer.as_mut(),
-            &mut bufs,
-            &deliveries,
-            &mut lens,
-        )
-        .await;
+        scratch.flush(&shared, writer.as_mut(), &mut bufs).await;
         turn.next_batch().await;
-    }
-}
-
-/// Writes packets that were decrypted in place, each at `bufs[d.buf][d.start..]` with 16
-/// bytes of headroom before it: all in one [`vnet::Writer`] batch (merged into
-/// super-segments where possible) when the device has offloads, else one by one.
-pub async fn write_deliveries<B: AsMut<[u8]>>(
-    shared: &Shared,
-    queue: usize,
-    writer: Option<&mut ferrotun_device::vnet::Writer>,
-    bufs: &mut [B],
-    deliveries: &[Delivery],
-    lens: &mut Vec<usize>,
-) {
-    if deliveries.is_empty() {
-        return;
-    }
-    match writer {
-        Some(w) => {
-            // Disjoint slices, one per packet, each with its headroom.
-            let mut packets: Vec<&mut [u8]> = Vec::with_capacity(deliveries.len());
-            lens.clear();
-            let mut rest = deliveries.iter().peekable();
-            for (k, buf) in bufs.iter_mut().enumerate() {
-                let mut tail: &mut [u8] = buf.as_mut();
-                let mut taken = 0;
-                while let Some(d) = rest.next_if(|d| d.buf == k) {
-                    let (_, from) =
-                        std::mem::take(&mut tail).split_at_mut(d.start - HEADROOM - taken);
-                    let (pkt, after) = from.split_at_mut(HEADROOM + d.len);
-                    taken = d.start + d.len;
-                    tail = after;
-                    packets.push(pkt);
-                    lens.push(d.len);
-                }
-            }
-            if let Err(e) = w
-                .send_batch(shared.tun.queue(queue), &mut packets, HEADROOM, lens)
-                .await
-            {
-                shared.drop_packet(DropReason::SendFailed, || {
-                    format!("writing to the device: {e}")
-                });
-            }
-        }
-        None => {
-            for d in deliveries {
-                let buf = &mut bufs[d.buf].as_mut()[d.start - HEADROOM..d.start + d.len];
-                if let Err(e) = shared.tun.write(queue, buf, HEADROOM, d.len).await {
-                    shared.drop_packet(DropReason::SendFailed, || {
-                        format!("writing to the device: {e}")
-                    });
-                }
-            }
-        }
     }
 }
 
@@ -218,7 +272,8 @@ fn is_transient(e: &std::io::Error) -> bool {
 /// What became of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Delivered, switched, or handed to the control task.
+    /// Switched to other peers, queued in the scratch for the device (a decompressed
+    /// packet), or handed to the control task.
     Accepted,
     /// An IP packet for the device, left in place at `buf[start..start + len]` with at
     /// least 16 bytes of headroom: the caller writes it (alone, or merged with others).
@@ -275,7 +330,6 @@ async fn receive_data(
     src: Source<'_>,
     scratch: &mut ReceiveScratch,
 ) -> Verdict {
-    let queue = scratch.queue();
     let receiver = match DataMessage::new_checked(&buf[..]) {
         Ok(m) => m.receiver(),
         Err(e) => {
@@ -357,23 +411,12 @@ async fn receive_data(
         return Verdict::Dropped;
     }
     let compressed = flags.contains(PayloadFlags::COMPRESSED);
-    if !compressed && shared.mode == Mode::Tun {
-        // The common case: an IP packet in place, for the caller to write (and merge).
-        return match check_ip(shared, &table, peer, &buf[range.clone()]) {
-            Some(n) => {
-                peer.traffic.received(n, n);
-                Verdict::Deliver {
-                    start: range.start,
-                    len: n,
-                }
-            }
-            None => Verdict::Dropped,
-        };
-    }
-    // Compressed payloads are decompressed behind 16 bytes of headroom.
-    let (payload, wire_len): (&mut [u8], usize) = if compressed {
-        match ferrotun_proto::decompress(&buf[range.clone()], &mut scratch.plain[HEADROOM..]) {
-            Ok(n) => (&mut scratch.plain[..HEADROOM + n], range.len()),
+    let wire_len = range.len();
+    // The packet, behind HEADROOM bytes: in place, or decompressed at the arena's end,
+    // where it is queued or given back below.
+    let start = if compressed {
+        match scratch.decompress(&buf[range.clone()]) {
+            Ok(start) => start,
             Err(e) => {
                 shared.drop_for(peer, DropReason::Decompress, || {
                     format!("from peer {}: {e}", peer.name())
@@ -382,54 +425,57 @@ async fn receive_data(
             }
         }
     } else {
-        let len = range.len();
-        (&mut buf[range.start - HEADROOM..range.end], len)
+        range.start
     };
-    match shared.mode {
-        Mode::Tun => {
-            if let Some(n) = check_ip(shared, &table, peer, &payload[HEADROOM..]) {
-                write_device(shared, queue, peer, payload, n, wire_len).await;
+    let payload: &[u8] = if compressed {
+        &scratch.arena[start..]
+    } else {
+        &buf[range]
+    };
+    let to = match shared.mode {
+        Mode::Tun => match check_ip(shared, &table, peer, payload) {
+            Some(n) => {
+                // An uncompressed packet's padding is not counted.
+                peer.traffic
+                    .received(n, if compressed { wire_len } else { n });
+                Switched::Device(n)
             }
-        }
+            None => Switched::Dropped,
+        },
         Mode::Tap => {
-            // A switch port drops frames over its MTU, and the buffers that forward and
-            // flood frames to other peers hold no more: a peer configured with a larger
-            // MTU than ours gets its big frames counted, not switched.
-            let len = payload.len() - HEADROOM;
-            if len > shared.frame_len() {
-                shared.drop_for(peer, DropReason::TooBig, || {
-                    format!("{len}-byte frame from peer {} exceeds the MTU", peer.name())
-                });
-                return Verdict::Dropped;
-            }
-            let Some(port) = switch_port(shared, peer, &payload[HEADROOM..], now) else {
-                return Verdict::Dropped;
-            };
-            if port == Port::Device && !compressed {
-                // The common case: a frame for our device, left in place to be merged.
-                peer.traffic.received(wire_len, wire_len);
-                return Verdict::Deliver {
-                    start: range.start,
-                    len: range.len(),
-                };
-            }
-            forward_frame(
+            switch_frame(
                 shared,
                 &table,
                 peer,
-                port,
                 payload,
                 wire_len,
                 now,
                 &mut scratch.fwd,
             )
-            .await;
+            .await
         }
+    };
+    match (to, compressed) {
+        (Switched::Device(len), false) => Verdict::Deliver { start, len },
+        (Switched::Device(len), true) => {
+            scratch.arena.truncate(start + len);
+            scratch.deliver(ARENA, start, len);
+            Verdict::Accepted
+        }
+        (Switched::Elsewhere | Switched::Dropped, true) => {
+            scratch.arena.truncate(start - HEADROOM);
+            if to == Switched::Dropped {
+                Verdict::Dropped
+            } else {
+                Verdict::Accepted
+            }
+        }
+        (Switched::Elsewhere, false) => Verdict::Accepted,
+        (Switched::Dropped, false) => Verdict::Dropped,
     }
-    Verdict::Accepted
 }
 
-/// Bytes before every payload handed to [`write_device`]: room for a virtio-net header.
+/// Bytes before every packet written to the device: room for a virtio-net header.
 const HEADROOM: usize = DATA_HEADER_LEN;
 
 /// Checks a decrypted IP packet (padding trimmed by its header's length) and that its
@@ -454,24 +500,6 @@ fn check_ip(shared: &Shared, table: &PeerTable, peer: &Peer, payload: &[u8]) -> 
         return None;
     }
     Some(n)
-}
-
-/// Writes `buf[HEADROOM..HEADROOM + len]` to the device; `wire_len` is what it took on the
-/// wire (for the compression counters).
-async fn write_device(
-    shared: &Shared,
-    queue: usize,
-    peer: &Peer,
-    buf: &mut [u8],
-    len: usize,
-    wire_len: usize,
-) {
-    match shared.tun.write(queue, buf, HEADROOM, len).await {
-        Ok(()) => peer.traffic.received(len, wire_len),
-        Err(e) => shared.drop_packet(DropReason::SendFailed, || {
-            format!("writing to the device: {e}")
-        }),
-    }
 }
 
 /// Where the TAP switch sends a frame that came from a peer.
@@ -513,38 +541,67 @@ fn switch_port(shared: &Shared, peer: &Peer, frame: &[u8], now: Instant) -> Opti
     })
 }
 
-/// Sends a frame at `buf[HEADROOM..]` where the switch decided.
+/// Where a payload from a peer went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Switched {
+    /// To our device: a packet (or frame) of this many bytes.
+    Device(usize),
+    /// To other peers only.
+    Elsewhere,
+    /// Nowhere (counted).
+    Dropped,
+}
+
+/// Switches a frame that came from `peer` (learning its source address on the way):
+/// seals it to the peer its destination is behind, or floods it to every other peer. Says
+/// whether our device gets it too; the caller writes it there with the batch.
 #[allow(clippy::too_many_arguments)]
-async fn forward_frame(
+async fn switch_frame(
     shared: &Shared,
     table: &PeerTable,
     peer: &Peer,
-    port: Port,
-    buf: &mut [u8],
+    frame: &[u8],
     wire_len: usize,
     now: Instant,
     fwd: &mut Forwarder,
-) {
-    let len = buf.len() - HEADROOM;
+) -> Switched {
+    // A switch port drops frames over its MTU, and the buffers that forward and flood
+    // frames to other peers hold no more: a peer configured with a larger MTU than ours
+    // gets its big frames counted, not switched.
+    let len = frame.len();
+    if len > shared.frame_len() {
+        shared.drop_for(peer, DropReason::TooBig, || {
+            format!("{len}-byte frame from peer {} exceeds the MTU", peer.name())
+        });
+        return Switched::Dropped;
+    }
+    let Some(port) = switch_port(shared, peer, frame, now) else {
+        return Switched::Dropped;
+    };
     match port {
-        Port::Device => write_device(shared, fwd.queue, peer, buf, len, wire_len).await,
+        Port::Device => {
+            peer.traffic.received(len, wire_len);
+            Switched::Device(len)
+        }
         Port::Hairpin => {
             peer.drops.count(DropReason::Hairpin);
             shared.drops.count(DropReason::Hairpin);
+            Switched::Dropped
         }
         Port::Peer(slot) => {
             peer.traffic.received(len, wire_len);
             if let Some(other) = table.get(slot) {
                 let f = &mut fwd.forward;
-                f[DATA_HEADER_LEN..DATA_HEADER_LEN + len].copy_from_slice(&buf[HEADROOM..]);
+                f[DATA_HEADER_LEN..DATA_HEADER_LEN + len].copy_from_slice(frame);
                 fwd.sealer
                     .seal_and_send(shared, other, f, len, now, false)
                     .await;
             }
+            Switched::Elsewhere
         }
         Port::Flood => {
-            fwd.forward[DATA_HEADER_LEN..DATA_HEADER_LEN + len].copy_from_slice(&buf[HEADROOM..]);
-            write_device(shared, fwd.queue, peer, buf, len, wire_len).await;
+            peer.traffic.received(len, wire_len);
+            fwd.forward[DATA_HEADER_LEN..DATA_HEADER_LEN + len].copy_from_slice(frame);
             flood_to_peers(
                 shared,
                 table,
@@ -556,6 +613,7 @@ async fn forward_frame(
                 now,
             )
             .await;
+            Switched::Device(len)
         }
     }
 }

@@ -24,7 +24,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
-use super::receive::{Delivery, ReceiveScratch, Verdict, write_deliveries};
+use super::receive::{ReceiveScratch, Verdict};
 use super::{Shared, Source, Turn, receive_one};
 use crate::stats::DropReason;
 
@@ -204,8 +204,6 @@ async fn read_loop(
     let mut scratch = ReceiveScratch::new(shared, 0);
     let mut writer = shared.device_writer();
     let mut frames: Vec<Range<usize>> = Vec::with_capacity(256);
-    let mut deliveries: Vec<Delivery> = Vec::with_capacity(256);
-    let mut lens: Vec<usize> = Vec::with_capacity(256);
     let deadline = tokio::time::Instant::now() + HANDSHAKE_DEADLINE;
     let mut turn = Turn::new(std::time::Instant::now());
     loop {
@@ -233,10 +231,14 @@ async fn read_loop(
                 }
             }
         }
-        deliveries.clear();
-        scratch.now = std::time::Instant::now();
+        scratch.begin_batch();
         let buf = decoder.buffer_mut();
         for r in &frames {
+            if scratch.must_flush() {
+                scratch
+                    .flush(shared, writer.as_mut(), &mut [&mut *buf])
+                    .await;
+            }
             // Garbage ends a connection; a well-formed message that is merely not
             // accepted (a client's data under keys from before our restart) does not: the
             // handshake deadline still applies to a connection that never authenticates.
@@ -247,23 +249,13 @@ async fn read_loop(
                     });
                     return Err("garbage".into());
                 }
-                Verdict::Deliver { start, len } => deliveries.push(Delivery {
-                    buf: 0,
-                    start: r.start + start,
-                    len,
-                }),
+                Verdict::Deliver { start, len } => scratch.deliver(0, r.start + start, len),
                 Verdict::Accepted | Verdict::Dropped => {}
             }
         }
-        write_deliveries(
-            shared,
-            scratch.queue(),
-            writer.as_mut(),
-            &mut [&mut *buf],
-            &deliveries,
-            &mut lens,
-        )
-        .await;
+        scratch
+            .flush(shared, writer.as_mut(), &mut [&mut *buf])
+            .await;
         if conn.is_closed() {
             return Ok(());
         }
