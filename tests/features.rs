@@ -558,6 +558,86 @@ fn a_tcp_connection_the_peer_left_half_open_is_closed_when_it_comes_back() {
     transfer(a.ns(), "10.77.0.1:0", b.ns(), 4 * MB);
 }
 
+/// Floods the server at `to` with copies of one initiation that passes mac1 (from a key no
+/// peer has) until `stop` is set.
+fn handshake_flood(
+    ns: &ferrotun_lab::Netns,
+    from: &str,
+    to: &str,
+    server_pub: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    use ferrotun_proto::handshake::PeerHandshake;
+    use ferrotun_proto::{HandshakeFlags, Identity, OsEntropy, PresharedKey, PrivateKey, Tai64N};
+    let server = ferrotun_proto::PublicKey::from_base64(server_pub.trim()).unwrap();
+    let stranger = Identity::new(PrivateKey::generate(&mut OsEntropy).unwrap());
+    let mut hs = PeerHandshake::new(
+        std::sync::Arc::new(stranger),
+        server,
+        PresharedKey::default(),
+    )
+    .unwrap();
+    let mut msg = [0u8; 148];
+    hs.create_initiation(
+        7,
+        HandshakeFlags::NONE,
+        Tai64N::from_system_time(std::time::SystemTime::now()),
+        Instant::now(),
+        &mut OsEntropy,
+        &mut msg,
+    )
+    .unwrap();
+    let socket = ns.udp_bind(sock(from)).unwrap();
+    socket.connect(sock(to)).unwrap();
+    std::thread::spawn(move || {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            for _ in 0..256 {
+                // A full socket buffer (ENOBUFS) only means the flood is fast enough.
+                let _ = socket.send(&msg);
+            }
+        }
+    })
+}
+
+/// A flood of initiations puts the server under load: it answers handshakes with cookies
+/// instead of doing the Diffie-Hellman work. A client over TCP must still get in: its
+/// address is proven by the TCP handshake, and it cannot be made to wait for a cookie
+/// past the server's deadline for a connection's first handshake.
+#[test]
+fn a_tcp_client_gets_in_while_a_handshake_flood_keeps_the_server_under_load() {
+    let lab = Lab::two_hosts().unwrap();
+    let cfg = Configs::new();
+    let (a, b) = (lab.a(), lab.b());
+    let (scfg, ccfg) = cell_configs(&cfg, T::Tcp, false, false);
+    let _server = start_server(&lab, a, &scfg);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let server_pub = cfg.read("keys/server.pub");
+    let floods: Vec<_> = ["198.18.0.2:0", "198.18.0.2:0"]
+        .iter()
+        .map(|from| handshake_flood(b.ns(), from, "198.18.0.1:51820", &server_pub, stop.clone()))
+        .collect();
+    // Under load before the client starts: the flood's initiations get cookie replies.
+    let n = |k: &str| show_json(&lab, "server")["drops"][k].as_u64().unwrap_or(0);
+    wait_until("the server under load", UP, || n("cookie") >= 1000).unwrap();
+    let before = n("cookie");
+    let _client = start_client(&lab, b, "client", &ccfg);
+    // Within the server's deadline for a connection's first handshake (5 s): a client
+    // that had to wait for a cookie would miss it, connect again, and again.
+    let up = wait_for_ping(b.ns(), addr("10.77.0.1"), Duration::from_secs(5));
+    let after = n("cookie");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in floods {
+        t.join().unwrap();
+    }
+    up.expect("the TCP client is in despite the flood");
+    assert!(
+        after > before,
+        "the load lasted: {before} -> {after} cookie replies"
+    );
+    let c = show_json(&lab, "client");
+    assert_eq!(c["peers"][0]["transport"], "tcp", "{c:#}");
+}
+
 #[test]
 fn the_client_reconnects_over_udp_after_the_server_restarts() {
     reconnect(T::Udp);

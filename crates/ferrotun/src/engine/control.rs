@@ -245,6 +245,12 @@ impl Control {
     }
 
     async fn handle(&mut self, msg: Inbound, under_load: bool) {
+        // A cookie proves that the sender receives at its source address (WireGuard
+        // whitepaper §5.4.7). A TCP connection's handshake proved that already, and a cookie
+        // bound to its port would die with it: a client asked for one would retry only
+        // after the server has closed the connection that never authenticated, then start
+        // over on a new port, and never get in while the load lasts.
+        let under_load = under_load && matches!(msg.src, PeerAddr::Udp(_));
         let now = Instant::now();
         let src_sock = msg.src.addr();
         let (src_bytes, src_len) = addr_bytes(src_sock);
