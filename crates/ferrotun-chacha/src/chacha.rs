@@ -250,8 +250,9 @@ fn keystream(words: &[u32; 16], counter: u32, n: usize) -> [__m512i; 16] {
 fn xor_from(words: &[u32; 16], mut counter: u32, buf: &mut [u8]) {
     for chunk in buf.chunks_mut(16 * 64) {
         let ks = keystream(words, counter, chunk.len().div_ceil(64));
-        for (dst, k) in chunk.chunks_mut(64).zip(ks) {
-            xor_block(dst, k);
+        // By reference: zipping the array by value would copy all 1 KiB of it first.
+        for (dst, k) in chunk.chunks_mut(64).zip(&ks) {
+            xor_block(dst, *k);
         }
         counter = counter.wrapping_add(16);
     }
