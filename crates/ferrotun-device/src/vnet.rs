@@ -233,6 +233,15 @@ pub enum Error {
         /// The packet's IP version.
         version: u8,
     },
+    /// The GSO type does not fit the packet's transport protocol (TCPV4 on a UDP packet):
+    /// cutting it would write TCP fields into another protocol's bytes.
+    #[error("gso_type {gso:?} on a packet of IP protocol {protocol}")]
+    GsoProtocolMismatch {
+        /// The header's GSO type.
+        gso: GsoType,
+        /// The IP protocol (IPv4) or next header (IPv6) of the packet.
+        protocol: u8,
+    },
     /// A super-segment without `NEEDS_CSUM`: the kernel always sets it on GSO frames,
     /// and without `csum_start` the transport header cannot be found.
     #[error("GSO frame without the NEEDS_CSUM flag")]

@@ -485,6 +485,22 @@ fn malformed_frames_are_errors() {
         ),
         ("not IP", with(&good, VNET, &[0x55]), Error::NotIp(5)),
         (
+            "TCPV4 on UDP",
+            with(&good, VNET + 9, &[17]),
+            Error::GsoProtocolMismatch {
+                gso: vnet::GsoType::TcpV4,
+                protocol: 17,
+            },
+        ),
+        (
+            "TCPV6 on ICMPv6",
+            with(&good6, VNET + 6, &[58]),
+            Error::GsoProtocolMismatch {
+                gso: vnet::GsoType::TcpV6,
+                protocol: 58,
+            },
+        ),
+        (
             "csum_start",
             with(&good, 6, &[24, 0]),
             Error::BadCsumStart {
@@ -549,7 +565,7 @@ fn malformed_frames_are_errors() {
         assert_eq!(r.push_frame(&frame), Err(want), "{what}");
         assert_eq!(r.pending(), 0, "{what}: nothing pending");
     }
-    assert_eq!(r.stats().dropped, 14);
+    assert_eq!(r.stats().dropped, 16);
     // The largest legal frame, a 65535-byte IP packet, is no error.
     let t = Tcp::new(Flow::v4(1), 1).timestamps(1);
     let max = t.super_frame(&payload(vnet::MAX_PACKET - 52, 6), 1368, 0);

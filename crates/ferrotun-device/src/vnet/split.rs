@@ -448,6 +448,22 @@ fn parse(frame: &[u8], len: usize, layer: Layer) -> Result<Split, Error> {
             ip_header: l3 + ip_header,
         });
     }
+    // The transport protocol must be the one the GSO type names. IPv6 extension headers
+    // (between the fixed header and csum_start) are not walked: there the last one's next
+    // header field would have to be found first, and the kernel never sends such a frame
+    // with a wrong type.
+    let named = if v6 {
+        (l4 == l3 + IPV6_HEADER_LEN).then(|| packet[l3 + IPV6_NEXT_HEADER])
+    } else {
+        Some(packet[l3 + IPV4_PROTOCOL])
+    };
+    let want = if tcp { PROTO_TCP } else { PROTO_UDP };
+    if let Some(protocol) = named.filter(|&p| p != want) {
+        return Err(Error::GsoProtocolMismatch {
+            gso: hdr.gso,
+            protocol,
+        });
+    }
     let (protocol, csum_field) = if tcp {
         ("TCP", TCP_CHECKSUM.start)
     } else {
