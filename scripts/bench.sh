@@ -19,7 +19,10 @@
 # usage: sudo ./scripts/bench.sh [--peers [NAME...]] [--secs N] [--runs N] [--only raw,null,udp,tcp,tap,mem]
 #        env: OFFLOAD=off runs ferrotun without TUN/UDP offloads (for comparisons);
 #             QUEUES=N gives both ends N device queues ([interface] queues);
-#             AEAD=ring (or avx512, rustcrypto) picks the ChaCha20-Poly1305 backend.
+#             AEAD=ring (or avx512, rustcrypto) picks the ChaCha20-Poly1305 backend;
+#             PIN=1 keeps each end on a CPU of its own (server, iperf3 server and null
+#             tunnel end a on the last CPU, their counterparts on the first), as two hosts
+#             would be; the peers of --peers are never pinned, so compare them unpinned.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -34,12 +37,18 @@ while [ $# -gt 0 ]; do
     --secs) SECS=$2; shift 2 ;;
     --runs) RUNS=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --runs takes a whole number from 1" >&2; exit 2; }
 [[ "${QUEUES:-1}" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: QUEUES takes a whole number from 1" >&2; exit 2; }
+PIN_A=()
+PIN_B=()
+if [ "${PIN:-0}" = 1 ]; then
+  PIN_A=(taskset -c "$(($(nproc) - 1))")
+  PIN_B=(taskset -c 0)
+fi
 [[ "${AEAD:-auto}" =~ ^(auto|avx512|ring|rustcrypto)$ ]] || { echo "bench.sh: AEAD is one of auto, avx512, ring, rustcrypto" >&2; exit 2; }
 if [ "$(id -u)" -ne 0 ]; then
   echo "bench.sh: needs root (network namespaces, /dev/net/tun)" >&2
@@ -131,7 +140,7 @@ measure() { # label target pid...: RUNS rounds of (1 stream, 4 streams, ping); m
   local label=$1 target=$2; shift 2
   local pids=("$@")
   if ! wait_ping "$target"; then ROWS+=("| $label | failed: no ping | | | | |"); return; fi
-  ip netns exec "$A" iperf3 -s -D -p 5299 -I "$W/iperf.pid" >/dev/null 2>&1
+  ip netns exec "$A" "${PIN_A[@]}" iperf3 -s -D -p 5299 -I "$W/iperf.pid" >/dev/null 2>&1
   sleep 0.3
   local r c0 c1
   rm -f "$W"/run.*
@@ -142,11 +151,11 @@ measure() { # label target pid...: RUNS rounds of (1 stream, 4 streams, ping); m
     (sleep 1; timeout $((SECS + 5)) ip netns exec "$B" ping -n -i 0.02 -w $((SECS > 2 ? SECS - 2 : 1)) "$target" 2>/dev/null |
       awk -F'time=' '/time=/ {split($2, a, " "); printf "%s ", a[1]}' >"$W/run.$r.load") &
     local loaded=$!
-    timeout $((SECS + 20)) ip netns exec "$B" iperf3 -c "$target" -p 5299 -t "$SECS" -J >"$W/run.$r.1" 2>/dev/null || true
+    timeout $((SECS + 20)) ip netns exec "$B" "${PIN_B[@]}" iperf3 -c "$target" -p 5299 -t "$SECS" -J >"$W/run.$r.1" 2>/dev/null || true
     c1=$(cpu_ticks "${pids[@]}")
     wait "$loaded" || true
     echo "$((c1 - c0))" >"$W/run.$r.cpu"
-    timeout $((SECS + 20)) ip netns exec "$B" iperf3 -c "$target" -p 5299 -t "$SECS" -P 4 -J >"$W/run.$r.4" 2>/dev/null || true
+    timeout $((SECS + 20)) ip netns exec "$B" "${PIN_B[@]}" iperf3 -c "$target" -p 5299 -t "$SECS" -P 4 -J >"$W/run.$r.4" 2>/dev/null || true
     ip netns exec "$B" ping -n -c 20 -i 0.05 -q "$target" 2>/dev/null | awk -F/ '/rtt/ {print $5}' >"$W/run.$r.rtt"
   done
   kill "$(cat "$W/iperf.pid")" 2>/dev/null || true
@@ -192,20 +201,20 @@ PY
   echo "  $label: ${g1// /} / ${g4// /} Gbit/s, rtt ${rtt// /} ms idle, ${load// /} ms loaded, ${cpg// /} CPU s/GB" >&2
 }
 run_ferrotun() { # label server-config client-config
-  ip netns exec "$A" "$SERVER" -q -c "$W/$2" --socket "$W/s.sock" 2>"$W/server.log" &
+  ip netns exec "$A" "${PIN_A[@]}" "$SERVER" -q -c "$W/$2" --socket "$W/s.sock" 2>"$W/server.log" &
   PIDS+=($!)
-  ip netns exec "$B" "$CLIENT" -q -c "$W/$3" --socket "$W/c.sock" 2>"$W/client.log" &
+  ip netns exec "$B" "${PIN_B[@]}" "$CLIENT" -q -c "$W/$3" --socket "$W/c.sock" 2>"$W/client.log" &
   PIDS+=($!)
   measure "$1" 10.77.0.1 "${PIDS[@]}"
   stop_tunnel
 }
 
-echo "bench.sh: $SECS s per figure, median of $RUNS" >&2
+echo "bench.sh: $SECS s per figure, median of $RUNS${PIN_A[*]:+, ends pinned to CPUs}" >&2
 [[ ",$ONLY," == *,raw,* ]] && measure "raw veth, no tunnel" 198.18.0.1
 run_null() {
-  ip netns exec "$A" "$NULLTUN" ftnull0 10.78.0.1/24 198.18.0.1:5000 198.18.0.2:5000 2>"$W/null-a.log" &
+  ip netns exec "$A" "${PIN_A[@]}" "$NULLTUN" ftnull0 10.78.0.1/24 198.18.0.1:5000 198.18.0.2:5000 2>"$W/null-a.log" &
   PIDS+=($!)
-  ip netns exec "$B" "$NULLTUN" ftnull1 10.78.0.2/24 198.18.0.2:5000 198.18.0.1:5000 2>"$W/null-b.log" &
+  ip netns exec "$B" "${PIN_B[@]}" "$NULLTUN" ftnull1 10.78.0.2/24 198.18.0.2:5000 198.18.0.1:5000 2>"$W/null-b.log" &
   PIDS+=($!)
   measure "null tunnel (no crypto; RTT floor)" 10.78.0.1 "${PIDS[@]}"
   stop_tunnel
@@ -248,7 +257,7 @@ MEM=""
 [[ ",$ONLY," == *,mem,* ]] && memory
 
 echo
-echo "$(date -u +%Y-%m-%d), kernel $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores, iperf3 $SECS s per figure, median of $RUNS"
+echo "$(date -u +%Y-%m-%d), kernel $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores, iperf3 $SECS s per figure, median of $RUNS${PIN_A[*]:+, each end pinned to a CPU of its own}"
 echo
 echo "| path | 1 stream Gbit/s | 4 streams Gbit/s | RTT ms | RTT loaded ms | tunnel CPU s/GB |"
 echo "|---|---|---|---|---|---|"
