@@ -485,14 +485,6 @@ impl Shared {
         self.wake.notify_one();
         true
     }
-
-    /// Queues a handshake message for the control task, waiting while the queue is full.
-    async fn to_control_waiting(&self, msg: Inbound) {
-        // Fails only once the control task is gone, when the instance is stopping.
-        if self.inbound.send(msg).await.is_ok() {
-            self.wake.notify_one();
-        }
-    }
 }
 
 /// The address as a peer is shown and compared: IPv4-mapped IPv6 becomes IPv4.

@@ -307,13 +307,6 @@ pub async fn receive_one(
                 bytes: buf.to_vec(),
                 src: src.to_peer_addr(),
             };
-            if let Source::Tcp(_) = src {
-                // A connection waits for room in the queue rather than lose its handshake,
-                // which TCP would not resend: one message per connection at most, and
-                // connections without a handshake are few (`Unauthenticated`).
-                shared.to_control_waiting(msg).await;
-                return Verdict::Accepted;
-            }
             if !shared.to_control(msg) {
                 shared.drop_packet(DropReason::HandshakeFlood, || {
                     format!("handshake queue full; dropped one from {src}")

@@ -247,6 +247,10 @@ async fn read_loop(
                     shared.drop_packet(DropReason::TcpClosed, || {
                         format!("{} sent garbage", conn.remote)
                     });
+                    // What came before the garbage was authentic: it still goes out.
+                    scratch
+                        .flush(shared, writer.as_mut(), &mut [&mut *buf])
+                        .await;
                     return Err("garbage".into());
                 }
                 Verdict::Deliver { start, len } => scratch.deliver(0, r.start + start, len),
