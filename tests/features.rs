@@ -558,15 +558,9 @@ fn a_tcp_connection_the_peer_left_half_open_is_closed_when_it_comes_back() {
     transfer(a.ns(), "10.77.0.1:0", b.ns(), 4 * MB);
 }
 
-/// Floods the server at `to` with copies of one initiation that passes mac1 (from a key no
-/// peer has) until `stop` is set.
-fn handshake_flood(
-    ns: &ferrotun_lab::Netns,
-    from: &str,
-    to: &str,
-    server_pub: &str,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<()> {
+/// An initiation to the server whose public key is `server_pub` that passes mac1, from a
+/// key no peer has: the server does a Diffie-Hellman for it unless it is under load.
+fn stranger_initiation(server_pub: &str) -> [u8; 148] {
     use ferrotun_proto::handshake::PeerHandshake;
     use ferrotun_proto::{HandshakeFlags, Identity, OsEntropy, PresharedKey, PrivateKey, Tai64N};
     let server = ferrotun_proto::PublicKey::from_base64(server_pub.trim()).unwrap();
@@ -587,6 +581,19 @@ fn handshake_flood(
         &mut msg,
     )
     .unwrap();
+    msg
+}
+
+/// Floods the server at `to` with copies of one [`stranger_initiation`] until `stop` is
+/// set.
+fn handshake_flood(
+    ns: &ferrotun_lab::Netns,
+    from: &str,
+    to: &str,
+    server_pub: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let msg = stranger_initiation(server_pub);
     let socket = ns.udp_bind(sock(from)).unwrap();
     socket.connect(sock(to)).unwrap();
     std::thread::spawn(move || {
@@ -597,6 +604,46 @@ fn handshake_flood(
             }
         }
     })
+}
+
+/// A TCP connection that streams initiations without completing a handshake is closed
+/// after a few: it cannot keep the handshake queue full on its own.
+#[test]
+fn a_tcp_connection_that_streams_handshakes_is_closed_after_a_few() {
+    let lab = Lab::two_hosts().unwrap();
+    let cfg = Configs::new();
+    let (a, b) = (lab.a(), lab.b());
+    let (scfg, _) = cell_configs(&cfg, T::Tcp, false, false);
+    let _server = start_server(&lab, a, &scfg);
+    let msg = stranger_initiation(&cfg.read("keys/server.pub"));
+    let n = |k: &str| show_json(&lab, "server")["drops"][k].as_u64().unwrap_or(0);
+    let before = n("handshake_unknown_peer");
+    let mut conn = b
+        .ns()
+        .tcp_connect(sock("198.18.0.1:51820"), Duration::from_secs(5))
+        .unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // 100 framed initiations (2-byte length prefix) in one write.
+    let mut stream = Vec::new();
+    for _ in 0..100 {
+        stream.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+        stream.extend_from_slice(&msg);
+    }
+    let t0 = Instant::now();
+    conn.write_all(&stream).unwrap();
+    let mut buf = [0u8; 64];
+    assert!(matches!(conn.read(&mut buf), Ok(0) | Err(_)), "closed");
+    // Before the 5 s deadline for a first handshake: closed for the flood, not the time.
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    // The control task saw 4 of them (each a Diffie-Hellman to find the key unknown).
+    wait_until("the 4 admitted initiations handled", UP, || {
+        n("handshake_unknown_peer") >= before + 4
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(n("handshake_unknown_peer"), before + 4);
+    assert!(n("handshake_flood") >= 1);
 }
 
 /// A flood of initiations puts the server under load: it answers handshakes with cookies

@@ -303,6 +303,18 @@ pub async fn receive_one(
                 shared.drop_packet(DropReason::Malformed, || format!("from {src}: {e}"));
                 return Verdict::Malformed;
             }
+            if let Source::Tcp(c) = src
+                && !c.admit_handshake()
+            {
+                shared.drop_packet(DropReason::HandshakeFlood, || {
+                    format!(
+                        "{} sent more than {} handshake messages without completing one; closing it",
+                        c.remote,
+                        super::tcp::MAX_UNAUTHENTICATED_HANDSHAKES
+                    )
+                });
+                return Verdict::Malformed;
+            }
             let msg = Inbound {
                 bytes: buf.to_vec(),
                 src: src.to_peer_addr(),

@@ -32,6 +32,12 @@ use crate::stats::DropReason;
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
 /// At most this many connections may be waiting for their first handshake at once.
 pub const MAX_UNAUTHENTICATED: usize = 64;
+/// Handshake messages a connection may bring before a handshake authenticated it: a
+/// client's initiation and its retry, or on the client's side a cookie reply and the
+/// response, with room to spare. A connection that sends more is closed: without the
+/// limit one connection could keep the handshake queue full of initiations, each of which
+/// costs the control task a Diffie-Hellman (a TCP client is never asked for a cookie).
+pub const MAX_UNAUTHENTICATED_HANDSHAKES: u32 = 4;
 /// Bytes waiting to be written before a connection refuses more (the inner traffic's own
 /// congestion control then backs off: dropping is better than queueing without bound).
 const MAX_PENDING: usize = 2 << 20;
@@ -52,6 +58,8 @@ pub struct TcpConn {
     closed: AtomicBool,
     /// The peer this connection authenticated as (set by the control task).
     peer: AtomicU32,
+    /// Handshake messages read from it so far.
+    handshakes: AtomicU32,
 }
 
 impl std::fmt::Debug for TcpConn {
@@ -70,7 +78,15 @@ impl TcpConn {
             closing: Notify::new(),
             closed: AtomicBool::new(false),
             peer: AtomicU32::new(NO_SLOT),
+            handshakes: AtomicU32::new(0),
         })
+    }
+
+    /// Counts a handshake message read from the connection; false once an unauthenticated
+    /// connection has brought more than [`MAX_UNAUTHENTICATED_HANDSHAKES`].
+    pub fn admit_handshake(&self) -> bool {
+        let n = self.handshakes.fetch_add(1, Ordering::Relaxed);
+        self.is_authenticated() || n < MAX_UNAUTHENTICATED_HANDSHAKES
     }
 
     /// Queues one message as a frame. False if the connection is closed or too far
