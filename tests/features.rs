@@ -193,16 +193,14 @@ fn compression_keeps_order(t: T, tap: bool) {
     // bytes) and pseudo-random bytes (which it cannot shrink), sent in bursts of 100 so
     // that the server's reads take several at a time.
     const N: u64 = 2000;
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rng = ferrotun_lab::SeededRng::new(7);
     let mut dgram = Vec::with_capacity(1000);
     for burst in 0..N / 100 {
         for seq in burst * 100..(burst + 1) * 100 {
             ferrotun_lab::seq_datagram(seq, 16, &mut dgram);
-            while dgram.len() < 1000 {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                dgram.push(if seq % 2 == 0 { 0 } else { x as u8 });
+            dgram.resize(1000, 0);
+            if seq % 2 == 1 {
+                rng.fill(&mut dgram[16..]);
             }
             tx.send_to(&dgram, sock("10.77.0.1:7000")).unwrap();
         }

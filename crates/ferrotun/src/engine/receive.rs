@@ -38,8 +38,11 @@ pub struct ReceiveScratch {
     /// caller's buffers, or decompressed into `arena`. Written in that order, so a
     /// compressed packet cannot overtake an uncompressed one sent before it.
     deliveries: Vec<Delivery>,
-    /// This batch's decompressed packets, each behind [`HEADROOM`] bytes.
+    /// This batch's decompressed packets, each behind [`HEADROOM`] bytes, in
+    /// `arena[..used]`. The vector only grows (to its high-water mark), so decompressing
+    /// into it never zeroes memory again.
     arena: Vec<u8>,
+    used: usize,
     /// The most one decompressed packet takes in `arena`, headroom included.
     slot: usize,
     lens: Vec<usize>,
@@ -72,6 +75,7 @@ impl ReceiveScratch {
             queue,
             deliveries: Vec::with_capacity(RX_BUFFERS * 64),
             arena: Vec::new(),
+            used: 0,
             slot: HEADROOM + shared.plain_len(),
             lens: Vec::with_capacity(RX_BUFFERS * 64),
             fwd: Forwarder {
@@ -100,7 +104,7 @@ impl ReceiveScratch {
     /// Whether the arena might not hold the next message's packet: the caller then
     /// [`flush`](Self::flush)es before handing over that message.
     pub fn must_flush(&self) -> bool {
-        self.arena.len() + self.slot > ARENA_LIMIT.max(self.slot)
+        self.used + self.slot > ARENA_LIMIT.max(self.slot)
     }
 
     /// Writes the queued packets to the device in the order they arrived, all in one
@@ -118,18 +122,25 @@ impl ReceiveScratch {
         }
         match writer {
             Some(w) => {
-                // Disjoint slices, one per packet, each with its headroom: within one
-                // buffer (or the arena) packets lie in the order they were queued.
-                let mut tails: Vec<(&mut [u8], usize)> = bufs
-                    .iter_mut()
-                    .map(|b| (b.as_mut(), 0))
-                    .chain(std::iter::once((self.arena.as_mut_slice(), 0)))
-                    .collect();
-                let arena = tails.len() - 1;
+                // Disjoint slices, one per packet, each with its headroom. Packets in place
+                // were queued buffer by buffer, and within a buffer (or the arena) in the
+                // order they lie, so one cursor per source walks forward.
+                let mut rest = bufs.iter_mut().enumerate();
+                let mut cur: Option<(usize, &mut [u8], usize)> = None;
+                let mut arena: (&mut [u8], usize) = (&mut self.arena[..self.used], 0);
                 let mut packets: Vec<&mut [u8]> = Vec::with_capacity(self.deliveries.len());
                 self.lens.clear();
                 for d in &self.deliveries {
-                    let (tail, taken) = &mut tails[if d.buf == ARENA { arena } else { d.buf }];
+                    let (tail, taken) = if d.buf == ARENA {
+                        (&mut arena.0, &mut arena.1)
+                    } else {
+                        while cur.as_ref().is_none_or(|c| c.0 != d.buf) {
+                            let (k, b) = rest.next().expect("in-place packets in buffer order");
+                            cur = Some((k, b.as_mut(), 0));
+                        }
+                        let (_, tail, taken) = cur.as_mut().expect("set just above");
+                        (tail, taken)
+                    };
                     let (_, from) = std::mem::take(tail).split_at_mut(d.start - HEADROOM - *taken);
                     let (pkt, after) = from.split_at_mut(HEADROOM + d.len);
                     *taken = d.start + d.len;
@@ -168,25 +179,33 @@ impl ReceiveScratch {
             }
         }
         self.deliveries.clear();
-        self.arena.clear();
+        self.used = 0;
     }
 
-    /// Decompresses `compressed` to the end of the arena, behind [`HEADROOM`] bytes, and
-    /// returns where the packet starts (it runs to the arena's end). The caller queues it
-    /// or gives the room back by truncating the arena.
-    fn decompress(&mut self, compressed: &[u8]) -> Result<usize, ferrotun_proto::CompressError> {
-        let start = self.arena.len() + HEADROOM;
-        self.arena.resize(start - HEADROOM + self.slot, 0);
-        match ferrotun_proto::decompress(compressed, &mut self.arena[start..]) {
-            Ok(n) => {
-                self.arena.truncate(start + n);
-                Ok(start)
-            }
-            Err(e) => {
-                self.arena.truncate(start - HEADROOM);
-                Err(e)
-            }
+    /// Decompresses `compressed` into the arena behind [`HEADROOM`] bytes; returns the
+    /// packet, which stays there only if [`keep`](Self::keep) follows.
+    fn decompress(
+        &mut self,
+        compressed: &[u8],
+    ) -> Result<(usize, usize), ferrotun_proto::CompressError> {
+        let start = self.used + HEADROOM;
+        if self.arena.len() < self.used + self.slot {
+            self.arena.resize(self.used + self.slot, 0);
         }
+        let n =
+            ferrotun_proto::decompress(compressed, &mut self.arena[start..self.used + self.slot])?;
+        Ok((start, n))
+    }
+
+    /// Queues the first `len` bytes of the packet [`decompress`](Self::decompress) put at
+    /// `start` for the device.
+    fn keep(&mut self, start: usize, len: usize) {
+        self.used = start + len;
+        self.deliveries.push(Delivery {
+            buf: ARENA,
+            start,
+            len,
+        });
     }
 }
 
@@ -424,11 +443,11 @@ async fn receive_data(
     }
     let compressed = flags.contains(PayloadFlags::COMPRESSED);
     let wire_len = range.len();
-    // The packet, behind HEADROOM bytes: in place, or decompressed at the arena's end,
-    // where it is queued or given back below.
-    let start = if compressed {
+    // The packet, behind HEADROOM bytes: in place, or decompressed into the arena, where
+    // it stays only if it goes to the device.
+    let (start, len) = if compressed {
         match scratch.decompress(&buf[range.clone()]) {
-            Ok(start) => start,
+            Ok(at) => at,
             Err(e) => {
                 shared.drop_for(peer, DropReason::Decompress, || {
                     format!("from peer {}: {e}", peer.name())
@@ -437,10 +456,10 @@ async fn receive_data(
             }
         }
     } else {
-        range.start
+        (range.start, range.len())
     };
     let payload: &[u8] = if compressed {
-        &scratch.arena[start..]
+        &scratch.arena[start..start + len]
     } else {
         &buf[range]
     };
@@ -467,23 +486,14 @@ async fn receive_data(
             .await
         }
     };
-    match (to, compressed) {
-        (Switched::Device(len), false) => Verdict::Deliver { start, len },
-        (Switched::Device(len), true) => {
-            scratch.arena.truncate(start + len);
-            scratch.deliver(ARENA, start, len);
+    match to {
+        Switched::Device(len) if compressed => {
+            scratch.keep(start, len);
             Verdict::Accepted
         }
-        (Switched::Elsewhere | Switched::Dropped, true) => {
-            scratch.arena.truncate(start - HEADROOM);
-            if to == Switched::Dropped {
-                Verdict::Dropped
-            } else {
-                Verdict::Accepted
-            }
-        }
-        (Switched::Elsewhere, false) => Verdict::Accepted,
-        (Switched::Dropped, false) => Verdict::Dropped,
+        Switched::Device(len) => Verdict::Deliver { start, len },
+        Switched::Elsewhere => Verdict::Accepted,
+        Switched::Dropped => Verdict::Dropped,
     }
 }
 
