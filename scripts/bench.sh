@@ -10,6 +10,9 @@
 # and a null tunnel (crates/ferrotun-device/examples/nulltun.rs: TUN to plain UDP, no
 # encryption, one thread in poll(2)), the floor for any userspace tunnel's RTT.
 # Then memory: a server's resident set with no peers and with 1000 idle peers.
+# The table's header names the machine and what waking a sleeping thread costs on it, on
+# one CPU and across two (ferrotun-wakeprobe, crates/ferrotun-lab): on VMs where that
+# crosses the hypervisor it sets much of the rate and of the RTT.
 # With --peers, the other tunnels of ../shared/bench/peers.sh are measured after it in the
 # same run (it installs what it can), so ratios come from one run.
 #
@@ -84,9 +87,13 @@ trap 'exit 130' INT TERM
 cargo build --release --locked -p ferrotun >/dev/null 2>&1 || cargo build --release --locked -p ferrotun
 cargo build --release --locked -p ferrotun-device --example nulltun >/dev/null 2>&1 ||
   cargo build --release --locked -p ferrotun-device --example nulltun
+cargo build --release --locked -p ferrotun-lab --bin ferrotun-wakeprobe >/dev/null 2>&1 ||
+  cargo build --release --locked -p ferrotun-lab --bin ferrotun-wakeprobe
 NULLTUN=$ROOT/target/release/examples/nulltun
 SERVER=$ROOT/target/release/ferrotun-server
 CLIENT=$ROOT/target/release/ferrotun-client
+# What a thread wake-up costs here, measured before the lab runs (see the README).
+WAKE=$("$ROOT/target/release/ferrotun-wakeprobe") || WAKE="wake-up probe failed"
 
 ip netns del "$A" 2>/dev/null || true
 ip netns del "$B" 2>/dev/null || true
@@ -258,6 +265,7 @@ MEM=""
 
 echo
 echo "$(date -u +%Y-%m-%d), kernel $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores, iperf3 $SECS s per figure, median of $RUNS${PIN_A[*]:+, each end pinned to a CPU of its own}"
+echo "$WAKE"
 echo
 echo "| path | 1 stream Gbit/s | 4 streams Gbit/s | RTT ms | RTT loaded ms | tunnel CPU s/GB |"
 echo "|---|---|---|---|---|---|"
