@@ -75,10 +75,18 @@ fn ping_pong(cpu_a: usize, cpu_b: usize, rounds: u32) -> std::io::Result<Trip> {
     // Whose turn it is: true while the second thread should run.
     let turn = Arc::new(AtomicBool::new(false));
     let a = std::thread::current();
+    // The second thread reports whether it could pin itself before the rounds begin, so a
+    // failure there is an error here rather than a wait for a thread that is gone.
+    let (pinned_tx, pinned) = std::sync::mpsc::channel();
     let b = {
         let turn = turn.clone();
-        std::thread::spawn(move || -> std::io::Result<f64> {
-            pin(cpu_b)?;
+        std::thread::spawn(move || {
+            let ok = pin(cpu_b);
+            let failed = ok.is_err();
+            let _ = pinned_tx.send(ok);
+            if failed {
+                return 0.0;
+            }
             let c0 = thread_cpu();
             for _ in 0..rounds {
                 while !turn.load(Ordering::Acquire) {
@@ -87,9 +95,16 @@ fn ping_pong(cpu_a: usize, cpu_b: usize, rounds: u32) -> std::io::Result<Trip> {
                 turn.store(false, Ordering::Release);
                 a.unpark();
             }
-            Ok(thread_cpu() - c0)
+            thread_cpu() - c0
         })
     };
+    if let Err(e) = pinned
+        .recv()
+        .expect("the second thread reports before it ends")
+    {
+        let _ = b.join();
+        return Err(e);
+    }
     let (w0, c0) = (Instant::now(), thread_cpu());
     for _ in 0..rounds {
         turn.store(true, Ordering::Release);
@@ -99,7 +114,7 @@ fn ping_pong(cpu_a: usize, cpu_b: usize, rounds: u32) -> std::io::Result<Trip> {
         }
     }
     let (wall, cpu_a) = (w0.elapsed().as_secs_f64(), thread_cpu() - c0);
-    let cpu_b = b.join().expect("the second thread does not panic")?;
+    let cpu_b = b.join().expect("the second thread does not panic");
     let per = |s: f64| s * 1e6 / f64::from(rounds);
     Ok(Trip {
         wall: per(wall),
@@ -171,6 +186,21 @@ mod tests {
     #[test]
     fn the_allowed_cpus_are_the_kernels_list() {
         assert_eq!(allowed_cpus().unwrap(), cpus_allowed_list());
+    }
+
+    #[test]
+    fn a_cpu_the_second_thread_may_not_use_is_an_error_not_a_hang() {
+        let cpus = allowed_cpus().unwrap();
+        let barred = (0..libc::CPU_SETSIZE as usize)
+            .rev()
+            .find(|c| !cpus.contains(c))
+            .expect("a machine with fewer CPUs than CPU_SETSIZE");
+        std::thread::spawn(move || {
+            let e = ping_pong(cpus[0], barred, 10).err().expect("an error");
+            assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
