@@ -113,6 +113,20 @@ fn check_frame(f: &[u8]) -> bool {
     true
 }
 
+/// The packets `frames` from the writer carry, in the order written: each merged frame
+/// (checked by [`check_frame`]) split back, each single packet as it is.
+fn carried(frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for f in frames {
+        if check_frame(f) {
+            out.extend(resplit(f));
+        } else {
+            out.push(f[VNET..].to_vec());
+        }
+    }
+    out
+}
+
 fn check_segments(segs: &[Vec<u8>], t: &Tcp, data: &[u8], mss: usize) -> Result<(), TestCaseError> {
     let n = data.len().div_ceil(mss).max(1);
     prop_assert_eq!(segs.len(), n);
@@ -284,14 +298,7 @@ proptest! {
         let mut writer = Writer::new(Offloads::ALL);
         let frames = coalesce(&mut writer, &packets, offset);
         prop_assert!(frames.len() <= packets.len());
-        let mut out = Vec::new();
-        for f in &frames {
-            if check_frame(f) {
-                out.extend(resplit(f));
-            } else {
-                out.push(f[VNET..].to_vec());
-            }
-        }
+        let out = carried(&frames);
         // Same packets, byte for byte, and per flow in the same order.
         let by_flow = |ps: &[Vec<u8>]| {
             let mut m: HashMap<(Vec<u8>, u8), Vec<Vec<u8>>> = HashMap::new();
@@ -334,6 +341,67 @@ proptest! {
         prop_assert_eq!(reader.pending(), 0);
         let ok = Tcp::new(Flow::v4(1), 1).super_frame(&[1; 3000], 1000, 0);
         prop_assert_eq!(split(&mut reader, &ok, 8).len(), 3);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// A peer chooses every byte of the packets the receive path hands the writer (the
+    /// AEAD proves who sent them, not that they are well formed). Whatever they are —
+    /// segments of one flow with a header byte flipped, cut short, grown past their IP
+    /// length, replaced by noise — the writer does not panic, writes every packet exactly
+    /// once (alone and unchanged, or inside a merged frame that splits back into it), and
+    /// every merged frame is coherent. A verifying writer merges only packets whose
+    /// checksums hold, so they come back byte for byte but for the urgent pointer of
+    /// segments without URG; a trusting one may merge packets with wrong checksums, so
+    /// they are compared without their checksum fields too.
+    #[test]
+    fn hostile_packets_are_each_written_once_and_never_panic_the_writer(
+        v6 in any::<bool>(),
+        edits in prop::collection::vec((0u8..8, any::<u16>(), 1u8..=255, any::<u64>()), 1..48),
+        trusted in any::<bool>(),
+        offset in prop::sample::select(vec![0usize, 10, 16]),
+    ) {
+        let flow = if v6 { Flow::v6(1) } else { Flow::v4(1) };
+        let sizes = vec![1000; edits.len()];
+        let ts = stream(flow, 7, &sizes);
+        let mut packets = build(&ts, &sizes);
+        for (p, &(kind, id, mask, seed)) in packets.iter_mut().zip(&edits) {
+            let at = usize::from(id);
+            match kind {
+                // A header byte flipped (IP, TCP, options).
+                0 | 1 => {
+                    let i = at % p.len().min(72);
+                    p[i] ^= mask;
+                }
+                // Cut short.
+                2 => p.truncate(at % p.len()),
+                // Bytes past the IP length.
+                3 => p.extend(payload(1 + at % 40, seed)),
+                // Noise that claims to be IP.
+                4 => {
+                    *p = payload(at % 1600, seed);
+                    if let Some(b) = p.first_mut() {
+                        *b = (*b & 0x0f) | if v6 { 0x60 } else { 0x45 };
+                    }
+                }
+                // A UDP datagram between the flow's addresses.
+                5 => *p = udp_packet(&flow, id, &payload(at % 900, seed)),
+                // Unchanged.
+                _ => {}
+            }
+        }
+        let mut writer = Writer::new(Offloads::ALL).trust_checksums(trusted);
+        let frames = coalesce(&mut writer, &packets, offset);
+        prop_assert!(frames.len() <= packets.len());
+        let out = carried(&frames);
+        let sorted = |ps: &[Vec<u8>]| {
+            let mut v: Vec<Vec<u8>> = ps.iter().map(|p| canonical_ip(p, trusted)).collect();
+            v.sort();
+            v
+        };
+        prop_assert_eq!(sorted(&out), sorted(&packets));
     }
 }
 

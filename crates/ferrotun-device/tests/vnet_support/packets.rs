@@ -515,3 +515,52 @@ pub fn parse_frame_checked(f: &[u8], pseudo_only: bool) -> Result<(Link, Parsed)
     }
     Ok((link, p))
 }
+
+/// `p` with the fields zeroed that merging may legitimately change: the urgent pointer of
+/// a TCP segment without URG (the receiver ignores it, and neither the kernel's GRO nor
+/// the writer compares it), and with `checksums` the IPv4 header's and TCP's or UDP's
+/// checksum (a trusting writer does not verify them, and the kernel computes fresh ones
+/// for a merged frame).
+pub fn canonical_ip(p: &[u8], checksums: bool) -> Vec<u8> {
+    let mut p = p.to_vec();
+    let (l4, proto) = match p.first().map(|b| b >> 4) {
+        Some(4) if p.len() >= 20 => {
+            if checksums {
+                p[10..12].fill(0);
+            }
+            (usize::from(p[0] & 15) * 4, p[9])
+        }
+        Some(6) if p.len() >= 40 => (40, p[6]),
+        _ => return p,
+    };
+    let urg = p.get(l4 + 13).is_some_and(|flags| flags & 0x20 != 0);
+    let fields = match proto {
+        6 => [(checksums, l4 + 16), (!urg, l4 + 18)],
+        17 => [(checksums, l4 + 6), (false, 0)],
+        _ => return p,
+    };
+    for (on, at) in fields {
+        if let Some(field) = p.get_mut(at..at + 2).filter(|_| on) {
+            field.fill(0);
+        }
+    }
+    p
+}
+
+/// [`canonical_ip`] for the IP packet inside a TAP frame; frames that are not IP (after
+/// MACs and any 802.1Q/802.1ad tags) are returned as they are.
+pub fn canonical_frame(f: &[u8], checksums: bool) -> Vec<u8> {
+    let mut at = 12;
+    while let Some(t) = f.get(at..at + 2) {
+        match u16::from_be_bytes([t[0], t[1]]) {
+            TPID_8021Q | TPID_8021AD => at += 4,
+            ETH_IPV4 | ETH_IPV6 => {
+                let mut out = f[..at + 2].to_vec();
+                out.extend(canonical_ip(&f[at + 2..], checksums));
+                return out;
+            }
+            _ => break,
+        }
+    }
+    f.to_vec()
+}
