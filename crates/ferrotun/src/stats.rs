@@ -55,7 +55,7 @@ drop_reasons! {
     TooBig => "too_big", "A packet from the device, or a TAP frame from a peer, larger than the MTU.";
     SendFailed => "send_failed", "A datagram the socket would not send.";
     Hairpin => "hairpin", "A TAP frame for the peer it came from (a switch never sends it back).";
-    TcpClosed => "tcp_closed", "A TCP connection closed for garbage, an oversized frame, no handshake in time, or eviction.";
+    TcpClosed => "tcp_closed", "A TCP connection closed for garbage, too many handshake messages, an oversized frame, no handshake in time, or eviction.";
     HandshakeFlood => "handshake_flood", "A handshake message dropped because the handshake queue was full, or because its TCP connection brought more than it may before one completed (the connection is then closed).";
 }
 

@@ -304,8 +304,10 @@ pub enum Verdict {
     },
     /// Well-formed but not accepted (unknown index, replay, failed authentication, ...).
     Dropped,
-    /// Not a message at all: a TCP connection that sends this is closed.
-    Malformed,
+    /// Not a message at all, or one more than the sender may send (handshake messages on
+    /// a TCP connection that has not authenticated): a TCP connection that sends it is
+    /// closed.
+    Close,
 }
 
 /// Handles one message from the network, whatever carried it.
@@ -320,7 +322,7 @@ pub async fn receive_one(
         Some(&(TYPE_INITIATION | TYPE_RESPONSE | TYPE_COOKIE_REPLY)) => {
             if let Err(e) = Message::classify(buf) {
                 shared.drop_packet(DropReason::Malformed, || format!("from {src}: {e}"));
-                return Verdict::Malformed;
+                return Verdict::Close;
             }
             if let Source::Tcp(c) = src
                 && !c.admit_handshake()
@@ -332,7 +334,7 @@ pub async fn receive_one(
                         super::tcp::MAX_UNAUTHENTICATED_HANDSHAKES
                     )
                 });
-                return Verdict::Malformed;
+                return Verdict::Close;
             }
             let msg = Inbound {
                 bytes: buf.to_vec(),
@@ -350,7 +352,7 @@ pub async fn receive_one(
             shared.drop_packet(DropReason::Malformed, || {
                 format!("{}-byte message of unknown type from {src}", buf.len())
             });
-            Verdict::Malformed
+            Verdict::Close
         }
     }
 }
@@ -365,7 +367,7 @@ async fn receive_data(
         Ok(m) => m.receiver(),
         Err(e) => {
             shared.drop_packet(DropReason::Malformed, || format!("from {src}: {e}"));
-            return Verdict::Malformed;
+            return Verdict::Close;
         }
     };
     let now = scratch.now;

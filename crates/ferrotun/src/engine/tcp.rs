@@ -259,15 +259,15 @@ async fn read_loop(
             // accepted (a client's data under keys from before our restart) does not: the
             // handshake deadline still applies to a connection that never authenticates.
             match receive_one(shared, &mut buf[r.clone()], Source::Tcp(conn), &mut scratch).await {
-                Verdict::Malformed => {
+                Verdict::Close => {
                     shared.drop_packet(DropReason::TcpClosed, || {
-                        format!("{} sent garbage", conn.remote)
+                        format!("{} sent a message it may not send", conn.remote)
                     });
-                    // What came before the garbage was authentic: it still goes out.
+                    // What came before that message was authentic: it still goes out.
                     scratch
                         .flush(shared, writer.as_mut(), &mut [&mut *buf])
                         .await;
-                    return Err("garbage".into());
+                    return Err("a message it may not send".into());
                 }
                 Verdict::Deliver { start, len } => scratch.deliver(0, r.start + start, len),
                 Verdict::Accepted | Verdict::Dropped => {}
