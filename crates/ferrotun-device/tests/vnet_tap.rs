@@ -408,19 +408,33 @@ proptest! {
     fn hostile_frames_are_each_written_once_and_never_panic_the_writer(
         link in links(),
         v6 in any::<bool>(),
-        edits in prop::collection::vec((0u8..8, any::<u16>(), 1u8..=255, any::<u64>()), 1..48),
+        edits in prop::collection::vec((0u8..10, any::<u16>(), 1u8..=255, any::<u64>()), 1..48),
         trusted in any::<bool>(),
         offset in prop::sample::select(vec![0usize, 10, 16]),
     ) {
         let flow = if v6 { Flow::v6(1) } else { Flow::v4(1) };
         let (_, mut frames) = stream(&link, flow, &vec![1000; edits.len()]);
-        for (f, &(kind, id, mask, seed)) in frames.iter_mut().zip(&edits) {
-            let at = usize::from(id);
+        for (i, (f, &(kind, at, mask, seed))) in frames.iter_mut().zip(&edits).enumerate() {
+            let at = usize::from(at);
+            // Ids that go up, as one socket's datagrams have (see the TUN test).
+            let id = 0x8000 + i as u16;
+            let flip = |f: &mut Vec<u8>| {
+                let i = at % f.len().min(link.len() + 72);
+                f[i] ^= mask;
+            };
+            let fix = |f: &mut Vec<u8>| {
+                if let Some(l3) = ip_start(f) {
+                    fix_checksums(&mut f[l3..]);
+                }
+            };
             match kind {
-                // A header byte flipped.
-                0 | 1 => {
-                    let i = at % f.len().min(link.len() + 72);
-                    f[i] ^= mask;
+                // A header byte flipped: the checksums no longer hold (unless it was in
+                // the link-layer header).
+                0 => flip(f),
+                // A header byte flipped and the checksums made to hold again.
+                1 => {
+                    flip(f);
+                    fix(f);
                 }
                 // Cut short.
                 2 => f.truncate(at % f.len()),
@@ -431,8 +445,20 @@ proptest! {
                     let version = if v6 { 0x60 } else { 0x45 };
                     *f = link.frame(&[&[version][..], &payload(at % 1600, seed)].concat());
                 }
-                // A UDP datagram between the flow's addresses.
-                5 => *f = link.frame(&udp_packet(&flow, id, &payload(at % 900, seed))),
+                // A UDP datagram between the flow's addresses: as sent, without a
+                // checksum, or with a header byte flipped and the checksums fixed.
+                5..=7 => {
+                    let mut u = udp_packet(&flow, id, &payload(600 + at % 4, seed));
+                    if kind == 6 {
+                        let l4 = if v6 { 40 } else { 20 };
+                        u[l4 + 6..l4 + 8].fill(0);
+                    }
+                    *f = link.frame(&u);
+                    if kind == 7 {
+                        flip(f);
+                        fix(f);
+                    }
+                }
                 // Unchanged.
                 _ => {}
             }

@@ -516,51 +516,114 @@ pub fn parse_frame_checked(f: &[u8], pseudo_only: bool) -> Result<(Link, Parsed)
     Ok((link, p))
 }
 
-/// `p` with the fields zeroed that merging may legitimately change: the urgent pointer of
-/// a TCP segment without URG (the receiver ignores it, and neither the kernel's GRO nor
-/// the writer compares it), and with `checksums` the IPv4 header's and TCP's or UDP's
-/// checksum (a trusting writer does not verify them, and the kernel computes fresh ones
-/// for a merged frame).
+/// `p` with the fields that merging may legitimately change made equal:
+/// - the IPv4 id of a packet with DF: a run of such packets with one id may merge and comes
+///   back with ids that go up (the id of an atomic datagram means nothing, RFC 6864);
+/// - the urgent pointer of a TCP segment without URG: the receiver ignores it, and neither
+///   the kernel's GRO nor the writer compares it;
+/// - with `checksums`, the TCP checksum, and a UDP checksum other than zero (it becomes
+///   0xffff): a trusting writer does not verify transport checksums, and the kernel
+///   computes fresh ones for a merged frame; but a datagram without a checksum (zero)
+///   must never be merged.
+///
+/// A zeroed field's checksum is adjusted to match (RFC 1624, eqn. 3), so that it holds
+/// afterwards exactly if it held before. The IPv4 header checksum is never zeroed: the
+/// writer verifies it even when it trusts the transport checksums.
 pub fn canonical_ip(p: &[u8], checksums: bool) -> Vec<u8> {
     let mut p = p.to_vec();
-    let (l4, proto) = match p.first().map(|b| b >> 4) {
-        Some(4) if p.len() >= 20 => {
-            if checksums {
-                p[10..12].fill(0);
+    let Some((l4, proto)) = transport(&p) else {
+        return p;
+    };
+    if p[0] >> 4 == 4 && p[6] & 0x40 != 0 {
+        zero_field(&mut p, 4, 10);
+    }
+    match proto {
+        6 if p.len() >= l4 + 20 => {
+            if p[l4 + 13] & 0x20 == 0 {
+                zero_field(&mut p, l4 + 18, l4 + 16);
             }
-            (usize::from(p[0] & 15) * 4, p[9])
+            if checksums {
+                p[l4 + 16..l4 + 18].fill(0);
+            }
         }
-        Some(6) if p.len() >= 40 => (40, p[6]),
-        _ => return p,
-    };
-    let urg = p.get(l4 + 13).is_some_and(|flags| flags & 0x20 != 0);
-    let fields = match proto {
-        6 => [(checksums, l4 + 16), (!urg, l4 + 18)],
-        17 => [(checksums, l4 + 6), (false, 0)],
-        _ => return p,
-    };
-    for (on, at) in fields {
-        if let Some(field) = p.get_mut(at..at + 2).filter(|_| on) {
-            field.fill(0);
+        17 if checksums && p.get(l4 + 6..l4 + 8).is_some_and(|c| c != [0, 0]) => {
+            p[l4 + 6..l4 + 8].fill(0xff);
         }
+        _ => {}
     }
     p
 }
 
-/// [`canonical_ip`] for the IP packet inside a TAP frame; frames that are not IP (after
-/// MACs and any 802.1Q/802.1ad tags) are returned as they are.
-pub fn canonical_frame(f: &[u8], checksums: bool) -> Vec<u8> {
+/// Zeroes the 16-bit field at `at` and adjusts the checksum at `sum` for the change.
+fn zero_field(p: &mut [u8], at: usize, sum: usize) {
+    let get = |p: &[u8], i: usize| u16::from_be_bytes([p[i], p[i + 1]]);
+    let (old, hc) = (get(p, at), get(p, sum));
+    let adjusted = !fold(u32::from(!hc) + u32::from(!old)) as u16;
+    p[sum..sum + 2].copy_from_slice(&adjusted.to_be_bytes());
+    p[at..at + 2].fill(0);
+}
+
+/// Where the transport header of the IP packet `p` starts (by its IPv4 header length, or
+/// behind the fixed IPv6 header) and its protocol number.
+fn transport(p: &[u8]) -> Option<(usize, u8)> {
+    match p.first()? >> 4 {
+        4 if p.len() >= 20 => Some((usize::from(p[0] & 15) * 4, p[9])),
+        6 if p.len() >= 40 => Some((40, p[6])),
+        _ => None,
+    }
+}
+
+/// Recomputes the IPv4 header checksum and the TCP or UDP checksum of `p` (over the bytes
+/// it has, whatever its length fields say), so that a packet whose header was changed on
+/// purpose still passes the writer's checksum tests and reaches its header comparisons.
+pub fn fix_checksums(p: &mut [u8]) {
+    let Some((l4, proto)) = transport(p) else {
+        return;
+    };
+    let (src, dst) = if p[0] >> 4 == 4 {
+        if !(20..=p.len()).contains(&l4) {
+            return;
+        }
+        p[10..12].fill(0);
+        let c = !ones_sum(&p[..l4]) as u16;
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        (p[12..16].to_vec(), p[16..20].to_vec())
+    } else {
+        (p[8..24].to_vec(), p[24..40].to_vec())
+    };
+    let at = match proto {
+        6 => l4 + 16,
+        17 => l4 + 6,
+        _ => return,
+    };
+    if p.len() < at + 2 {
+        return;
+    }
+    p[at..at + 2].fill(0);
+    let c = !fold(pseudo_sum(&src, &dst, proto, p.len() - l4) + ones_sum(&p[l4..])) as u16;
+    let c = if c == 0 && proto == 17 { 0xffff } else { c };
+    p[at..at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Where the IP packet in a TAP frame starts, after the MACs and any 802.1Q/802.1ad tags,
+/// if the EtherType says IPv4 or IPv6.
+pub fn ip_start(f: &[u8]) -> Option<usize> {
     let mut at = 12;
     while let Some(t) = f.get(at..at + 2) {
         match u16::from_be_bytes([t[0], t[1]]) {
             TPID_8021Q | TPID_8021AD => at += 4,
-            ETH_IPV4 | ETH_IPV6 => {
-                let mut out = f[..at + 2].to_vec();
-                out.extend(canonical_ip(&f[at + 2..], checksums));
-                return out;
-            }
-            _ => break,
+            ETH_IPV4 | ETH_IPV6 => return Some(at + 2),
+            _ => return None,
         }
     }
-    f.to_vec()
+    None
+}
+
+/// [`canonical_ip`] for the IP packet inside a TAP frame; frames that are not IP are
+/// returned as they are.
+pub fn canonical_frame(f: &[u8], checksums: bool) -> Vec<u8> {
+    match ip_start(f) {
+        Some(l3) => [&f[..l3], &canonical_ip(&f[l3..], checksums)[..]].concat(),
+        None => f.to_vec(),
+    }
 }
