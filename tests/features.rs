@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use ferrotun_lab::{
-    Hook, Lab, LossRule, Signal, UdpSink, ping, send_sequence, wait_for_ping, wait_until,
+    Hook, Lab, LossRule, NsProcess, Signal, UdpSink, ping, send_sequence, wait_for_ping, wait_until,
 };
 use support::*;
 
@@ -51,16 +51,48 @@ fn cell_configs(
     )
 }
 
+/// One cell of the matrix: its configs (from [`cell_configs`]), a server on host a, and
+/// once [`cell_up`] started it a client on host b. Fields drop in order, so the processes
+/// go before the namespaces they run in.
+struct Cell {
+    server: NsProcess,
+    client: Option<NsProcess>,
+    scfg: std::path::PathBuf,
+    ccfg: std::path::PathBuf,
+    cfg: Configs,
+    lab: Lab,
+}
+
+/// A cell whose server runs; no client yet.
+fn cell_server(t: T, tap: bool, compress: bool) -> Cell {
+    let lab = Lab::two_hosts().unwrap();
+    let cfg = Configs::new();
+    let (scfg, ccfg) = cell_configs(&cfg, t, tap, compress);
+    let server = start_server(&lab, lab.a(), &scfg);
+    Cell {
+        server,
+        client: None,
+        scfg,
+        ccfg,
+        cfg,
+        lab,
+    }
+}
+
+/// A cell with its server and client running and the tunnel up.
+fn cell_up(t: T, tap: bool, compress: bool) -> Cell {
+    let mut cell = cell_server(t, tap, compress);
+    let b = cell.lab.b();
+    cell.client = Some(start_client(&cell.lab, b, "client", &cell.ccfg));
+    wait_for_ping(b.ns(), addr("10.77.0.1"), UP).unwrap();
+    cell
+}
+
 /// Ping and a 20 MB transfer both ways must work in every combination; with compression
 /// on, a compressible ping must really travel compressed (and with it off, never).
 fn matrix_cell(t: T, tap: bool, compress: bool) {
-    let lab = Lab::two_hosts().unwrap();
-    let cfg = Configs::new();
-    let (a, b) = (lab.a(), lab.b());
-    let (scfg, ccfg) = cell_configs(&cfg, t, tap, compress);
-    let _server = start_server(&lab, a, &scfg);
-    let _client = start_client(&lab, b, "client", &ccfg);
-    wait_for_ping(b.ns(), addr("10.77.0.1"), UP).unwrap();
+    let cell = cell_up(t, tap, compress);
+    let (lab, a, b) = (&cell.lab, cell.lab.a(), cell.lab.b());
     let p = ping(b.ns(), addr("fd77::1"), 3, Duration::from_secs(5)).unwrap();
     assert!(p.all_answered(), "IPv6: {}", p.output);
     // 50 pings of 1000 bytes of one repeated byte: they shrink a lot under LZ4. (First:
@@ -85,7 +117,7 @@ fn matrix_cell(t: T, tap: bool, compress: bool) {
         )
         .unwrap();
     assert!(out.contains(" 0% packet loss"), "{out}");
-    let s = show_json(&lab, "client");
+    let s = show_json(lab, "client");
     let peer = &s["peers"][0];
     assert_eq!(
         peer["transport"],
@@ -179,14 +211,9 @@ fn a_compression_mismatch_is_refused_with_the_reason() {
 /// where it shrinks a packet); the receiver must write them to its device in the order
 /// they were sent, also when one receive batch holds both kinds.
 fn compression_keeps_order(t: T, tap: bool) {
-    let lab = Lab::two_hosts().unwrap();
-    let cfg = Configs::new();
-    let (a, b) = (lab.a(), lab.b());
-    let (scfg, ccfg) = cell_configs(&cfg, t, tap, true);
-    let _server = start_server(&lab, a, &scfg);
-    let _client = start_client(&lab, b, "client", &ccfg);
-    wait_for_ping(b.ns(), addr("10.77.0.1"), UP).unwrap();
-    let before = show_json(&lab, "client")["peers"][0].clone();
+    let cell = cell_up(t, tap, true);
+    let (lab, a, b) = (&cell.lab, cell.lab.a(), cell.lab.b());
+    let before = show_json(lab, "client")["peers"][0].clone();
     let sink = UdpSink::bind(a.ns(), sock("10.77.0.1:7000")).unwrap();
     let tx = b.ns().udp_bind(sock("10.77.0.2:0")).unwrap();
     // Numbered 1000-byte datagrams, alternately zeros (which LZ4 shrinks to a few dozen
@@ -219,7 +246,7 @@ fn compression_keeps_order(t: T, tap: bool) {
     // Both kinds crossed: the random bytes uncompressed (their 1 MB at least went on the
     // wire), the zeros compressed (most of their 1 MB saved, even if a ping before the
     // test made the compressor back off for its first 256 packets).
-    let after = show_json(&lab, "client")["peers"][0].clone();
+    let after = show_json(lab, "client")["peers"][0].clone();
     let delta = |k: &str| after[k].as_u64().unwrap() - before[k].as_u64().unwrap();
     let (sent, wire) = (delta("tx_bytes"), delta("tx_payload_bytes"));
     assert!(sent >= N * 1028, "sent {sent}");
@@ -455,15 +482,10 @@ fn a_tap_server_switches_frames_between_three_clients_by_mac() {
 /// Kills the server and starts it again; the client must carry traffic again without
 /// being touched.
 fn reconnect(t: T) {
-    let lab = Lab::two_hosts().unwrap();
-    let cfg = Configs::new();
-    let (a, b) = (lab.a(), lab.b());
-    let (scfg, ccfg) = cell_configs(&cfg, t, false, false);
-    let mut server = start_server(&lab, a, &scfg);
-    let mut client = start_client(&lab, b, "client", &ccfg);
-    wait_for_ping(b.ns(), addr("10.77.0.1"), UP).unwrap();
-    server.kill(Duration::from_millis(10)).unwrap();
-    drop(server);
+    let mut cell = cell_up(t, false, false);
+    let (lab, a, b) = (&cell.lab, cell.lab.a(), cell.lab.b());
+    cell.server.kill(Duration::from_millis(10)).unwrap();
+    drop(cell.server);
     wait_until(
         "the server's interface to go",
         Duration::from_secs(10),
@@ -473,13 +495,14 @@ fn reconnect(t: T) {
     let p = ping(b.ns(), addr("10.77.0.1"), 3, Duration::from_secs(2)).unwrap();
     assert_eq!(p.received, 0, "nothing answers while the server is down");
     let t0 = Instant::now();
-    let _server = start_server(&lab, a, &scfg);
+    let _server = start_server(lab, a, &cell.scfg);
     wait_for_ping(b.ns(), addr("10.77.0.1"), Duration::from_secs(40)).expect("traffic resumes");
     eprintln!(
         "traffic resumed {:?} after the server restarted",
         t0.elapsed()
     );
     transfer(a.ns(), "10.77.0.1:0", b.ns(), 4 * MB);
+    let client = cell.client.as_mut().expect("cell_up started it");
     assert!(client.is_running().unwrap(), "the client kept running");
     assert!(has_interface(b, "ftun1"));
 }
@@ -500,13 +523,8 @@ fn tunnel_connections(host: &ferrotun_lab::Host, filter: &str) -> Vec<String> {
 
 #[test]
 fn a_tcp_connection_the_peer_left_half_open_is_closed_when_it_comes_back() {
-    let lab = Lab::two_hosts().unwrap();
-    let cfg = Configs::new();
-    let (a, b) = (lab.a(), lab.b());
-    let (scfg, ccfg) = cell_configs(&cfg, T::Tcp, false, false);
-    let _server = start_server(&lab, a, &scfg);
-    let mut client = start_client(&lab, b, "client", &ccfg);
-    wait_for_ping(b.ns(), addr("10.77.0.1"), UP).unwrap();
+    let mut cell = cell_up(T::Tcp, false, false);
+    let (lab, a, b) = (&cell.lab, cell.lab.a(), cell.lab.b());
     // The client's side of its connection: its port, to cut just that connection off.
     let old = tunnel_connections(b, "( dport = :51820 )");
     assert_eq!(old.len(), 1, "{old:?}");
@@ -528,6 +546,7 @@ fn a_tcp_connection_the_peer_left_half_open_is_closed_when_it_comes_back() {
     };
     let _cut_out = cut(Hook::Output, format!("tcp sport {port}"));
     let _cut_in = cut(Hook::Input, format!("tcp dport {port}"));
+    let mut client = cell.client.take().expect("cell_up started it");
     client.kill(Duration::from_millis(10)).unwrap();
     drop(client);
     wait_until(
@@ -542,7 +561,7 @@ fn a_tcp_connection_the_peer_left_half_open_is_closed_when_it_comes_back() {
         "the server still holds the old connection"
     );
     // The client comes back on a new connection. The server must close the old one.
-    let _client = start_client(&lab, b, "client2", &ccfg);
+    let _client = start_client(lab, b, "client2", &cell.ccfg);
     wait_for_ping(b.ns(), addr("10.77.0.1"), UP).unwrap();
     wait_until(
         "the server to keep one connection",
@@ -608,13 +627,10 @@ fn handshake_flood(
 /// after a few: it cannot keep the handshake queue full on its own.
 #[test]
 fn a_tcp_connection_that_streams_handshakes_is_closed_after_a_few() {
-    let lab = Lab::two_hosts().unwrap();
-    let cfg = Configs::new();
-    let (a, b) = (lab.a(), lab.b());
-    let (scfg, _) = cell_configs(&cfg, T::Tcp, false, false);
-    let _server = start_server(&lab, a, &scfg);
-    let msg = stranger_initiation(&cfg.read("keys/server.pub"));
-    let n = |k: &str| show_json(&lab, "server")["drops"][k].as_u64().unwrap_or(0);
+    let cell = cell_server(T::Tcp, false, false);
+    let (lab, b) = (&cell.lab, cell.lab.b());
+    let msg = stranger_initiation(&cell.cfg.read("keys/server.pub"));
+    let n = |k: &str| show_json(lab, "server")["drops"][k].as_u64().unwrap_or(0);
     let before = n("handshake_unknown_peer");
     let mut conn = b
         .ns()
@@ -650,22 +666,19 @@ fn a_tcp_connection_that_streams_handshakes_is_closed_after_a_few() {
 /// past the server's deadline for a connection's first handshake.
 #[test]
 fn a_tcp_client_gets_in_while_a_handshake_flood_keeps_the_server_under_load() {
-    let lab = Lab::two_hosts().unwrap();
-    let cfg = Configs::new();
-    let (a, b) = (lab.a(), lab.b());
-    let (scfg, ccfg) = cell_configs(&cfg, T::Tcp, false, false);
-    let _server = start_server(&lab, a, &scfg);
+    let cell = cell_server(T::Tcp, false, false);
+    let (lab, b) = (&cell.lab, cell.lab.b());
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let server_pub = cfg.read("keys/server.pub");
+    let server_pub = cell.cfg.read("keys/server.pub");
     let floods: Vec<_> = ["198.18.0.2:0", "198.18.0.2:0"]
         .iter()
         .map(|from| handshake_flood(b.ns(), from, "198.18.0.1:51820", &server_pub, stop.clone()))
         .collect();
     // Under load before the client starts: the flood's initiations get cookie replies.
-    let n = |k: &str| show_json(&lab, "server")["drops"][k].as_u64().unwrap_or(0);
+    let n = |k: &str| show_json(lab, "server")["drops"][k].as_u64().unwrap_or(0);
     wait_until("the server under load", UP, || n("cookie") >= 1000).unwrap();
     let before = n("cookie");
-    let _client = start_client(&lab, b, "client", &ccfg);
+    let _client = start_client(lab, b, "client", &cell.ccfg);
     // Within the server's deadline for a connection's first handshake (5 s): a client
     // that had to wait for a cookie would miss it, connect again, and again.
     let up = wait_for_ping(b.ns(), addr("10.77.0.1"), Duration::from_secs(5));
@@ -679,7 +692,7 @@ fn a_tcp_client_gets_in_while_a_handshake_flood_keeps_the_server_under_load() {
         after > before,
         "the load lasted: {before} -> {after} cookie replies"
     );
-    let c = show_json(&lab, "client");
+    let c = show_json(lab, "client");
     assert_eq!(c["peers"][0]["transport"], "tcp", "{c:#}");
 }
 

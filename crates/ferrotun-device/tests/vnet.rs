@@ -12,19 +12,6 @@ use ferrotun_device::vnet::{self, Error, MAX_SEGMENTS, Offloads, Reader, Writer}
 use proptest::prelude::*;
 use vnet_support::packets::*;
 
-/// Deterministic payload bytes.
-fn payload(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 const HEADROOM: usize = 16;
 
 /// Pushes `frame` and pops all its packets in batches of `batch` buffers, checking that
@@ -111,20 +98,6 @@ fn check_frame(f: &[u8]) -> bool {
     assert!(gso_size > 0 && p.payload.len() > usize::from(gso_size));
     assert!(pkt.len() <= vnet::MAX_PACKET);
     true
-}
-
-/// The packets `frames` from the writer carry, in the order written: each merged frame
-/// (checked by [`check_frame`]) split back, each single packet as it is.
-fn carried(frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    for f in frames {
-        if check_frame(f) {
-            out.extend(resplit(f));
-        } else {
-            out.push(f[VNET..].to_vec());
-        }
-    }
-    out
 }
 
 fn check_segments(segs: &[Vec<u8>], t: &Tcp, data: &[u8], mss: usize) -> Result<(), TestCaseError> {
@@ -298,7 +271,7 @@ proptest! {
         let mut writer = Writer::new(Offloads::ALL);
         let frames = coalesce(&mut writer, &packets, offset);
         prop_assert!(frames.len() <= packets.len());
-        let out = carried(&frames);
+        let out = carried(&frames, check_frame, resplit);
         // Same packets, byte for byte, and per flow in the same order.
         let by_flow = |ps: &[Vec<u8>]| {
             let mut m: HashMap<(Vec<u8>, u8), Vec<Vec<u8>>> = HashMap::new();
@@ -349,73 +322,34 @@ proptest! {
 
     /// A peer chooses every byte of the packets the receive path hands the writer (the
     /// AEAD proves who sent them, not that they are well formed). Whatever they are —
-    /// segments of one flow with a header byte flipped, cut short, grown past their IP
-    /// length, replaced by noise — the writer does not panic, writes every packet exactly
-    /// once (alone and unchanged, or inside a merged frame that splits back into it), and
-    /// every merged frame is coherent. A verifying writer merges only packets whose
+    /// segments of one flow changed as `make_hostile` does, a fifth of them left alone —
+    /// the writer does not panic, writes every packet exactly once (alone and unchanged,
+    /// or inside a merged frame that splits back into it), and every merged frame is
+    /// coherent. A verifying writer merges only packets whose
     /// checksums hold, so they come back byte for byte but for the urgent pointer of
     /// segments without URG; a trusting one may merge packets with wrong transport
     /// checksums, so those are compared as `canonical_ip` says.
     #[test]
     fn hostile_packets_are_each_written_once_and_never_panic_the_writer(
         v6 in any::<bool>(),
-        edits in prop::collection::vec((0u8..10, any::<u16>(), 1u8..=255, any::<u64>()), 1..48),
+        changes in prop::collection::vec(
+            (0..HOSTILE_KINDS + 2, any::<u16>(), 1u8..=255, any::<u64>()),
+            1..48,
+        ),
         trusted in any::<bool>(),
         offset in prop::sample::select(vec![0usize, 10, 16]),
     ) {
         let flow = if v6 { Flow::v6(1) } else { Flow::v4(1) };
-        let sizes = vec![1000; edits.len()];
+        let sizes = vec![1000; changes.len()];
         let ts = stream(flow, 7, &sizes);
         let mut packets = build(&ts, &sizes);
-        for (i, (p, &(kind, at, mask, seed))) in packets.iter_mut().zip(&edits).enumerate() {
-            let at = usize::from(at);
-            // Datagrams get ids that go up, as one socket's would: two with one id and
-            // length may merge (a fixed-id run) and come back with ids that go up.
-            let id = 0x8000 + i as u16;
-            let flip = |p: &mut Vec<u8>| {
-                let i = at % p.len().min(72);
-                p[i] ^= mask;
-            };
-            match kind {
-                // A header byte flipped: the checksums no longer hold.
-                0 => flip(p),
-                // A header byte flipped and the checksums made to hold again, so the
-                // writer's header comparisons decide.
-                1 => {
-                    flip(p);
-                    fix_checksums(p);
-                }
-                // Cut short.
-                2 => p.truncate(at % p.len()),
-                // Bytes past the IP length.
-                3 => p.extend(payload(1 + at % 40, seed)),
-                // Noise that claims to be IP.
-                4 => {
-                    *p = payload(at % 1600, seed);
-                    if let Some(b) = p.first_mut() {
-                        *b = (*b & 0x0f) | if v6 { 0x60 } else { 0x45 };
-                    }
-                }
-                // A UDP datagram between the flow's addresses: as sent, without a
-                // checksum (zero), or with a header byte flipped and the checksums fixed.
-                5..=7 => {
-                    *p = udp_packet(&flow, id, &payload(600 + at % 4, seed));
-                    if kind == 6 {
-                        let l4 = if v6 { 40 } else { 20 };
-                        p[l4 + 6..l4 + 8].fill(0);
-                    } else if kind == 7 {
-                        flip(p);
-                        fix_checksums(p);
-                    }
-                }
-                // Unchanged.
-                _ => {}
-            }
+        for (i, (p, &change)) in packets.iter_mut().zip(&changes).enumerate() {
+            make_hostile(p, &flow, i, change);
         }
         let mut writer = Writer::new(Offloads::ALL).trust_checksums(trusted);
         let frames = coalesce(&mut writer, &packets, offset);
         prop_assert!(frames.len() <= packets.len());
-        let out = carried(&frames);
+        let out = carried(&frames, check_frame, resplit);
         let sorted = |ps: &[Vec<u8>]| {
             let mut v: Vec<Vec<u8>> = ps.iter().map(|p| canonical_ip(p, trusted)).collect();
             v.sort();

@@ -19,19 +19,6 @@ use vnet_support::packets::*;
 
 const HEADROOM: usize = 16;
 
-/// Deterministic payload bytes.
-fn payload(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn tap_reader() -> Reader {
     Reader::with_layer(Layer::Ethernet)
 }
@@ -129,20 +116,6 @@ fn check_frame(f: &[u8]) -> bool {
     assert!(gso_size > 0 && p.payload.len() > usize::from(gso_size));
     assert!(f.len() - VNET - link.len() <= vnet::MAX_PACKET);
     true
-}
-
-/// The frames `written` by the writer carry, in order: each merged frame (checked by
-/// [`check_frame`]) split back, each single frame as it is.
-fn carried(written: &[Vec<u8>]) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    for f in written {
-        if check_frame(f) {
-            out.extend(resplit(f));
-        } else {
-            out.push(f[VNET..].to_vec());
-        }
-    }
-    out
 }
 
 /// Link-layer headers: random MACs, no tag, an 802.1Q tag or QinQ with random TCIs.
@@ -331,7 +304,7 @@ proptest! {
         }
         let out_frames = coalesce(&mut tap_writer(Offloads::ALL), &frames, offset);
         prop_assert!(out_frames.len() <= frames.len());
-        let out = carried(&out_frames);
+        let out = carried(&out_frames, check_frame, resplit);
         // Same frames, byte for byte, and per IP flow (or per non-IP frame) in order.
         let by_flow = |fs: &[Vec<u8>]| {
             let mut m: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
@@ -399,74 +372,45 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     /// A TAP peer chooses every byte of its frames, link-layer header included. Frames of
-    /// one flow behind one link-layer header, with a byte flipped anywhere in the headers
-    /// (MACs, tags, EtherType, IP, TCP), cut short, grown, replaced by noise or by a UDP
-    /// datagram: the writer does not panic, writes every frame exactly once (alone and
-    /// unchanged, or inside a merged frame that splits back into it), and merged frames are
-    /// coherent (see the same test for TUN in vnet.rs).
+    /// one flow behind one link-layer header, their IP packets changed as `make_hostile`
+    /// does, a link-layer byte changed, or cut short anywhere; a sixth left alone: the
+    /// writer does not panic, writes every frame exactly once (alone and unchanged, or
+    /// inside a merged frame that splits back into it), and merged frames are coherent
+    /// (see the same test for TUN in vnet.rs).
     #[test]
     fn hostile_frames_are_each_written_once_and_never_panic_the_writer(
         link in links(),
         v6 in any::<bool>(),
-        edits in prop::collection::vec((0u8..10, any::<u16>(), 1u8..=255, any::<u64>()), 1..48),
+        changes in prop::collection::vec(
+            (0..HOSTILE_KINDS + 4, any::<u16>(), 1u8..=255, any::<u64>()),
+            1..48,
+        ),
         trusted in any::<bool>(),
         offset in prop::sample::select(vec![0usize, 10, 16]),
     ) {
         let flow = if v6 { Flow::v6(1) } else { Flow::v4(1) };
-        let (_, mut frames) = stream(&link, flow, &vec![1000; edits.len()]);
-        for (i, (f, &(kind, at, mask, seed))) in frames.iter_mut().zip(&edits).enumerate() {
+        let (_, mut frames) = stream(&link, flow, &vec![1000; changes.len()]);
+        let l2 = link.len();
+        for (i, (f, &change)) in frames.iter_mut().zip(&changes).enumerate() {
+            let (kind, at, mask, _) = change;
             let at = usize::from(at);
-            // Ids that go up, as one socket's datagrams have (see the TUN test).
-            let id = 0x8000 + i as u16;
-            let flip = |f: &mut Vec<u8>| {
-                let i = at % f.len().min(link.len() + 72);
-                f[i] ^= mask;
-            };
-            let fix = |f: &mut Vec<u8>| {
-                if let Some(l3) = ip_start(f) {
-                    fix_checksums(&mut f[l3..]);
-                }
-            };
             match kind {
-                // A header byte flipped: the checksums no longer hold (unless it was in
-                // the link-layer header).
-                0 => flip(f),
-                // A header byte flipped and the checksums made to hold again.
-                1 => {
-                    flip(f);
-                    fix(f);
+                // A link-layer header byte (MACs, tags, EtherType) changed.
+                k if k == HOSTILE_KINDS => f[at % l2] ^= mask,
+                // Cut short, perhaps inside the link-layer header.
+                k if k == HOSTILE_KINDS + 1 => f.truncate(at % f.len()),
+                // The IP packet changed, behind the same link-layer header.
+                _ => {
+                    let mut ip = f.split_off(l2);
+                    make_hostile(&mut ip, &flow, i, change);
+                    f.extend(ip);
                 }
-                // Cut short.
-                2 => f.truncate(at % f.len()),
-                // Bytes past the IP length.
-                3 => f.extend(payload(1 + at % 40, seed)),
-                // Noise that claims to be IP.
-                4 => {
-                    let version = if v6 { 0x60 } else { 0x45 };
-                    *f = link.frame(&[&[version][..], &payload(at % 1600, seed)].concat());
-                }
-                // A UDP datagram between the flow's addresses: as sent, without a
-                // checksum, or with a header byte flipped and the checksums fixed.
-                5..=7 => {
-                    let mut u = udp_packet(&flow, id, &payload(600 + at % 4, seed));
-                    if kind == 6 {
-                        let l4 = if v6 { 40 } else { 20 };
-                        u[l4 + 6..l4 + 8].fill(0);
-                    }
-                    *f = link.frame(&u);
-                    if kind == 7 {
-                        flip(f);
-                        fix(f);
-                    }
-                }
-                // Unchanged.
-                _ => {}
             }
         }
         let mut writer = tap_writer(Offloads::ALL).trust_checksums(trusted);
         let written = coalesce(&mut writer, &frames, offset);
         prop_assert!(written.len() <= frames.len());
-        let out = carried(&written);
+        let out = carried(&written, check_frame, resplit);
         let sorted = |fs: &[Vec<u8>]| {
             let mut v: Vec<Vec<u8>> = fs.iter().map(|f| canonical_frame(f, trusted)).collect();
             v.sort();

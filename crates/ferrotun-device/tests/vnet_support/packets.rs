@@ -627,3 +627,83 @@ pub fn canonical_frame(f: &[u8], checksums: bool) -> Vec<u8> {
         None => f.to_vec(),
     }
 }
+
+/// How many kinds of change [`make_hostile`] knows; kinds at or past it leave the packet
+/// alone.
+pub const HOSTILE_KINDS: u8 = 8;
+
+/// Makes `p`, a packet of `flow` and the `index`th of its batch, into what a hostile peer
+/// might send instead, by `kind`:
+/// 0. a header byte (of the first 72: IP, TCP and its options) XORed with `mask`, so its
+///    checksums no longer hold;
+/// 1. the same, with the checksums made to hold again, so the writer's header
+///    comparisons decide;
+/// 2. cut short at `at`;
+/// 3. bytes of `seed` past its IP length;
+/// 4. noise of `seed` that claims to be IP;
+/// 5. a UDP datagram between the flow's addresses instead, its length chosen by `at`, its
+///    id 0x8000 + `index` (one socket's ids go up: two datagrams with one id and length
+///    could merge as a fixed-id run and come back with ids that go up);
+/// 6. that datagram without a checksum (zero);
+/// 7. that datagram with a header byte changed as in 1.
+pub fn make_hostile(p: &mut Vec<u8>, flow: &Flow, index: usize, change: (u8, u16, u8, u64)) {
+    let (kind, at, mask, seed) = change;
+    let at = usize::from(at);
+    let flip = |p: &mut Vec<u8>| {
+        let i = at % p.len().min(72);
+        p[i] ^= mask;
+    };
+    if (5..=7).contains(&kind) {
+        *p = udp_packet(flow, 0x8000 + index as u16, &payload(600 + at % 4, seed));
+    }
+    match kind {
+        0 => flip(p),
+        1 | 7 => {
+            flip(p);
+            fix_checksums(p);
+        }
+        2 => p.truncate(at % p.len()),
+        3 => p.extend(payload(1 + at % 40, seed)),
+        4 => {
+            let version = if flow.is_v6() { 0x60 } else { 0x45 };
+            *p = [&[version][..], &payload(at % 1600, seed)].concat();
+        }
+        6 => {
+            let l4 = if flow.is_v6() { 40 } else { 20 };
+            p[l4 + 6..l4 + 8].fill(0);
+        }
+        _ => {}
+    }
+}
+
+/// Deterministic payload bytes from `seed` (xorshift).
+pub fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// What the frames a writer wrote carry, in the order written: each merged frame (for
+/// which `check` asserts coherence and returns true) cut back into its packets by
+/// `resplit`, each single one without its virtio-net header.
+pub fn carried(
+    written: &[Vec<u8>],
+    check: impl Fn(&[u8]) -> bool,
+    resplit: impl Fn(&[u8]) -> Vec<Vec<u8>>,
+) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for f in written {
+        if check(f) {
+            out.extend(resplit(f));
+        } else {
+            out.push(f[VNET..].to_vec());
+        }
+    }
+    out
+}
