@@ -17,7 +17,7 @@ use ferrotun_proto::transport::TransportError;
 use ferrotun_proto::wire::{
     DATA_HEADER_LEN, DataMessage, TYPE_COOKIE_REPLY, TYPE_DATA, TYPE_INITIATION, TYPE_RESPONSE,
 };
-use ferrotun_proto::{Message, PayloadFlags, SessionIndex};
+use ferrotun_proto::{Keypair, Message, PayloadFlags, SessionIndex};
 
 use super::control::Inbound;
 use super::send::{Sealer, flood_to_peers};
@@ -47,6 +47,38 @@ pub struct ReceiveScratch {
     slot: usize,
     lens: Vec<usize>,
     fwd: Forwarder,
+    /// What this batch's data messages found so far, so that a batch of one peer's
+    /// datagrams loads the peer table, the peer's keypairs and its endpoint once, not once
+    /// per message. Emptied when the batch ends ([`flush`](Self::flush)): a new table or
+    /// keypair is seen from the next batch on, and nothing is kept alive between batches.
+    seen: Seen,
+}
+
+/// See [`ReceiveScratch::seen`].
+#[derive(Default)]
+struct Seen {
+    /// The peer table.
+    table: Option<Arc<PeerTable>>,
+    /// The last keypair a data message named, with its index.
+    keypair: Option<(u32, Arc<Keypair>)>,
+    /// The peer (slot) whose endpoint an authenticated message set, and where it came from.
+    endpoint: Option<(u32, Path)>,
+}
+
+/// A path a message came by, as [`PeerAddr::same`](super::PeerAddr::same) compares them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Udp(std::net::SocketAddr),
+    Tcp(u64),
+}
+
+impl Path {
+    fn of(src: &Source<'_>) -> Path {
+        match src {
+            Source::Udp(a) => Path::Udp(*a),
+            Source::Tcp(c) => Path::Tcp(c.id),
+        }
+    }
 }
 
 /// What switching a frame on to other peers needs.
@@ -83,6 +115,7 @@ impl ReceiveScratch {
                 flood: vec![0u8; sealed],
                 sealer: Sealer::new(frame),
             },
+            seen: Seen::default(),
         }
     }
 
@@ -117,6 +150,7 @@ impl ReceiveScratch {
         writer: Option<&mut ferrotun_device::vnet::Writer>,
         bufs: &mut [B],
     ) {
+        self.seen = Seen::default();
         if self.deliveries.is_empty() {
             return;
         }
@@ -371,19 +405,31 @@ async fn receive_data(
         }
     };
     let now = scratch.now;
-    let table = shared.table.load();
+    let table = Arc::clone(
+        scratch
+            .seen
+            .table
+            .get_or_insert_with(|| shared.table.load_full()),
+    );
     let Some(peer) = table.get(SessionIndex::of_receiver(receiver).slot()) else {
         shared.drop_packet(DropReason::UnknownIndex, || {
             format!("index {receiver:#010x} from {src}")
         });
         return Verdict::Dropped;
     };
-    let keypairs = peer.recv_keypairs.load();
-    let Some(kp) = keypairs.iter().find(|k| k.local_index() == receiver) else {
-        shared.drop_packet(DropReason::UnknownIndex, || {
-            format!("index {receiver:#010x} from {src}")
-        });
-        return Verdict::Dropped;
+    let kp = match &scratch.seen.keypair {
+        Some((index, kp)) if *index == receiver => Arc::clone(kp),
+        _ => {
+            let keypairs = peer.recv_keypairs.load();
+            let Some(kp) = keypairs.iter().find(|k| k.local_index() == receiver) else {
+                shared.drop_packet(DropReason::UnknownIndex, || {
+                    format!("index {receiver:#010x} from {src}")
+                });
+                return Verdict::Dropped;
+            };
+            scratch.seen.keypair = Some((receiver, Arc::clone(kp)));
+            Arc::clone(kp)
+        }
     };
     if now >= kp.created() + REJECT_AFTER_TIME {
         shared.drop_for(peer, DropReason::KeyExpired, || {
@@ -412,7 +458,11 @@ async fn receive_data(
     if let Source::Tcp(c) = src {
         c.authenticate(peer.slot);
     }
-    peer.set_endpoint(src.to_peer_addr());
+    let path = (peer.slot, Path::of(&src));
+    if scratch.seen.endpoint != Some(path) {
+        peer.set_endpoint(src.to_peer_addr());
+        scratch.seen.endpoint = Some(path);
+    }
     if kp.local_index() == peer.next_index.load(Ordering::Relaxed)
         && peer.notes.confirm.swap(kp.local_index(), Ordering::AcqRel) != kp.local_index()
     {
