@@ -223,7 +223,7 @@ fn xor_block(dst: &mut [u8], ks: __m512i) {
         for (o, k) in dst.iter_mut().zip(&tmp) {
             *o ^= k;
         }
-        zeroize::Zeroize::zeroize(&mut tmp);
+        crate::wipe(&mut tmp, 0);
     }
 }
 
@@ -283,8 +283,8 @@ pub(crate) fn apply(
         }
         xor_from(&words, 16, later);
     }
-    zeroize::Zeroize::zeroize(&mut block0);
-    zeroize::Zeroize::zeroize(&mut words);
+    crate::wipe(&mut block0, 0);
+    crate::wipe(&mut words, 0);
     pass
 }
 

@@ -230,3 +230,13 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn wipe_zeroes_every_element() {
+    let mut block = [0xa5u8; 64];
+    wipe(&mut block, 0);
+    assert_eq!(block, [0u8; 64]);
+    let mut words = [u32::MAX; 16];
+    wipe(&mut words, 0);
+    assert_eq!(words, [0u32; 16]);
+}
