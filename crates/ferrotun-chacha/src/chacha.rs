@@ -70,6 +70,13 @@ fn blocks16(words: &[u32; 16], counter: u32) -> [__m512i; 16] {
     }
     let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     init[12] = _mm512_add_epi32(_mm512_set1_epi32(counter as i32), lanes);
+    lanes16(init)
+}
+
+/// Sixteen blocks from sixteen initial states held vertically (`init[j]` holds word `j`
+/// of every lane's state), each as one 64-byte register in byte order.
+#[target_feature(enable = "avx512f")]
+fn lanes16(init: [__m512i; 16]) -> [__m512i; 16] {
     let x = twenty_rounds!(_mm512_add_epi32, _mm512_xor_si512, _mm512_rol_epi32, init);
 
     // Transpose 16×16 words. Within each 128-bit lane k, words 4g..4g+3 of blocks
@@ -292,4 +299,149 @@ fn otk_of(block0: &[u8; 64]) -> &[u8; 32] {
     block0[..32]
         .try_into()
         .expect("a block is 64 bytes, the key its first 32")
+}
+
+/// One message of a batch for [`apply_many`]: its nonce, where its bytes lie in the batch's
+/// buffer, and which of its keystream blocks to compute (block 0 is the Poly1305 key
+/// block; block `c` ≥ 1 covers the message's bytes `64(c − 1) .. 64c`).
+pub(crate) struct Span {
+    pub(crate) nonce: [u8; 12],
+    pub(crate) bytes: std::ops::Range<usize>,
+    pub(crate) blocks: std::ops::Range<u32>,
+}
+
+/// The keystream blocks that spans `span(0) .. span(keys.len())` ask for, sixteen per pass
+/// whichever messages they come from (each lane has its own nonce and counter): block 0 of
+/// span `m` goes to `keys[m]` (its first 32 bytes, the Poly1305 key), every other block is
+/// XORed into its span's bytes of `buf`. A 1420-byte message needs 24 blocks, a pass and a
+/// half: alone it takes two passes, in a batch one and a half. Blocks past the end of a
+/// span's bytes are not computed; callers check that every span lies in `buf`.
+#[target_feature(enable = "avx512f,avx512vl")]
+pub(crate) fn apply_many(
+    key: &[u32; 8],
+    span: impl Fn(usize) -> Span,
+    buf: &mut [u8],
+    keys: &mut [[u8; 32]],
+) {
+    let mut words = state_words(key, &[0; 12]);
+    let mut pass = Pass {
+        counters: _mm512_setzero_si512(),
+        nonces: [_mm512_setzero_si512(); 3],
+        runs: [Run::default(); 16],
+        n_runs: 0,
+        lanes: 0,
+    };
+    let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for m in 0..keys.len() {
+        let span = span(m);
+        let nonce = nonce_words(&span.nonce);
+        // Block c ≥ 1 starts at byte 64(c − 1): none past the span's bytes is needed.
+        let needed = 1 + span.bytes.len().div_ceil(64).min(u32::MAX as usize - 1) as u32;
+        let (mut c, end) = (span.blocks.start, span.blocks.end.min(needed));
+        while c < end {
+            let free = 16 - pass.lanes;
+            let k = (end - c).min(free as u32) as usize;
+            // Lanes `lanes .. lanes + k` take blocks c, c + 1, … of this span.
+            let mask = (((1u32 << k) - 1) << pass.lanes) as u16;
+            let first = c.wrapping_sub(pass.lanes as u32);
+            pass.counters =
+                _mm512_mask_add_epi32(pass.counters, mask, _mm512_set1_epi32(first as i32), iota);
+            for (v, w) in pass.nonces.iter_mut().zip(nonce) {
+                *v = _mm512_mask_mov_epi32(*v, mask, _mm512_set1_epi32(w as i32));
+            }
+            pass.runs[pass.n_runs] = Run {
+                span: m,
+                lane: pass.lanes,
+                count: k,
+                counter: c,
+                start: span.bytes.start,
+                end: span.bytes.end,
+            };
+            pass.n_runs += 1;
+            pass.lanes += k;
+            c += k as u32;
+            if pass.lanes == 16 {
+                pass.run(&words, buf, keys);
+            }
+        }
+    }
+    if pass.lanes > 0 {
+        pass.run(&words, buf, keys);
+    }
+    crate::wipe(&mut words, 0);
+}
+
+/// The nonce words of the state (words 13–15).
+fn nonce_words(nonce: &[u8; 12]) -> [u32; 3] {
+    std::array::from_fn(|i| {
+        u32::from_le_bytes(
+            nonce[4 * i..4 * i + 4]
+                .try_into()
+                .expect("4 bytes of a 12-byte nonce"),
+        )
+    })
+}
+
+/// Consecutive blocks of one span in consecutive lanes of a pass.
+#[derive(Clone, Copy, Default)]
+struct Run {
+    /// Index of the span.
+    span: usize,
+    /// First lane.
+    lane: usize,
+    /// Lanes (= blocks).
+    count: usize,
+    /// Block counter of the first lane.
+    counter: u32,
+    /// The span's bytes in the buffer.
+    start: usize,
+    end: usize,
+}
+
+/// One pass of [`apply_many`] being filled: the per-lane state words 12–15 (counters and
+/// nonces) and the runs of blocks its lanes hold.
+struct Pass {
+    counters: __m512i,
+    nonces: [__m512i; 3],
+    runs: [Run; 16],
+    n_runs: usize,
+    lanes: usize,
+}
+
+impl Pass {
+    /// Computes the filled lanes' blocks, delivers them, and empties the pass.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    fn run(&mut self, words: &[u32; 16], buf: &mut [u8], keys: &mut [[u8; 32]]) {
+        let mut init = [_mm512_setzero_si512(); 16];
+        for (v, &w) in init.iter_mut().zip(&words[..12]) {
+            *v = _mm512_set1_epi32(w as i32);
+        }
+        init[12] = self.counters;
+        init[13..].copy_from_slice(&self.nonces);
+        let ks = lanes16(init);
+        for run in &self.runs[..self.n_runs] {
+            let mut ks = &ks[run.lane..run.lane + run.count];
+            let mut counter = run.counter;
+            if counter == 0 {
+                let mut block0 = [0u8; 64];
+                // SAFETY: `block0` is 64 writable bytes.
+                unsafe { _mm512_storeu_si512(block0.as_mut_ptr().cast(), ks[0]) };
+                keys[run.span].copy_from_slice(otk_of(&block0));
+                crate::wipe(&mut block0, 0);
+                ks = &ks[1..];
+                counter = 1;
+            }
+            // The run's blocks after block 0 cover bytes from 64(counter − 1) on, up to
+            // the span's end (apply_many computes no block that starts past it).
+            let from = run.start + 64 * (counter as usize - 1);
+            let to = (from + 64 * ks.len()).min(run.end);
+            if from < to {
+                for (dst, k) in buf[from..to].chunks_mut(64).zip(ks) {
+                    xor_block(dst, *k);
+                }
+            }
+        }
+        self.n_runs = 0;
+        self.lanes = 0;
+    }
 }

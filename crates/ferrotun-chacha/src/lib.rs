@@ -134,6 +134,159 @@ impl ChaCha20Poly1305 {
         if verified { Ok(()) } else { Err(Error) }
     }
 
+    /// Seals every job's text in `buf` in place under its nonce and aad, and writes its
+    /// tag at `buf[job.tag..job.tag + 16]`: the same bytes as [`Self::seal_in_place`] on
+    /// each job in turn, faster for a batch: the ChaCha20 blocks of all jobs share
+    /// sixteen-lane passes, and Poly1305 hashes up to sixteen jobs of one length side by
+    /// side, one per lane. Refuses the whole batch, touching nothing, when a job's text or
+    /// tag does not lie in `buf` or its text is longer than [`MAX_LEN`] less one block.
+    /// Jobs whose bytes overlap give unspecified output.
+    pub fn seal_many(&self, buf: &mut [u8], jobs: &[Job<'_>]) -> Result<(), Error> {
+        check_jobs(buf.len(), jobs)?;
+        let mut all_keys = [[0u8; 32]; CHUNK];
+        let mut tags = [[0u8; TAG_LEN]; CHUNK];
+        for jobs in jobs.chunks(CHUNK) {
+            let keys = &mut all_keys[..jobs.len()];
+            self.apply_many(jobs, buf, keys, |_, len| 0..blocks_of(len) + 1);
+            self.tags(jobs, keys, buf, &mut tags);
+            for (job, tag) in jobs.iter().zip(&tags) {
+                buf[job.tag..job.tag + TAG_LEN].copy_from_slice(tag);
+            }
+        }
+        wipe(&mut all_keys, [0; 32]);
+        Ok(())
+    }
+
+    /// Opens every job of a batch: verifies its tag (read from `buf[job.tag..]`) over its
+    /// aad and the ciphertext `buf[job.text]`, and decrypts the text in place when it
+    /// verifies. `opened[i]` tells whether job `i` did; a job that did not is left as it
+    /// was (still ciphertext). Refuses the whole batch, touching nothing, for the reasons
+    /// [`Self::seal_many`] gives, or when `opened` is shorter than `jobs`.
+    pub fn open_many(
+        &self,
+        buf: &mut [u8],
+        jobs: &[Job<'_>],
+        opened: &mut [bool],
+    ) -> Result<(), Error> {
+        check_jobs(buf.len(), jobs)?;
+        if opened.len() < jobs.len() {
+            return Err(Error);
+        }
+        let mut all_keys = [[0u8; 32]; CHUNK];
+        let mut tags = [[0u8; TAG_LEN]; CHUNK];
+        for (jobs, opened) in jobs.chunks(CHUNK).zip(opened.chunks_mut(CHUNK)) {
+            let keys = &mut all_keys[..jobs.len()];
+            self.apply_many(jobs, buf, keys, |_, _| 0..1);
+            self.tags(jobs, keys, buf, &mut tags);
+            for ((job, want), ok) in jobs.iter().zip(&tags).zip(opened.iter_mut()) {
+                let tag = buf[job.tag..job.tag + TAG_LEN]
+                    .try_into()
+                    .expect("check_jobs: the tag lies in buf");
+                *ok = equal_in_constant_time(want, tag);
+            }
+            let opened = &*opened;
+            self.apply_many(jobs, buf, keys, |i, len| {
+                if opened[i] {
+                    1..blocks_of(len) + 1
+                } else {
+                    1..1
+                }
+            });
+        }
+        wipe(&mut all_keys, [0; 32]);
+        Ok(())
+    }
+
+    /// The tags of a chunk's jobs under their one-time keys over their texts as `buf`
+    /// holds them now, into `tags[..jobs.len()]`. Jobs of the chunk's commonest shape
+    /// (aad and text lengths) are hashed side by side, one per lane, when there are at
+    /// least [`MIN_SIDE_BY_SIDE`] of them; the others one by one.
+    fn tags(&self, jobs: &[Job<'_>], keys: &[[u8; 32]], buf: &[u8], tags: &mut [[u8; TAG_LEN]]) {
+        let shape = |j: &Job<'_>| (j.aad.len(), j.text.len());
+        let count = |s| jobs.iter().filter(|j| shape(j) == s).count();
+        let (first, last) = match (jobs.first(), jobs.last()) {
+            (Some(f), Some(l)) => (shape(f), shape(l)),
+            _ => return,
+        };
+        let common = if count(first) >= count(last) {
+            first
+        } else {
+            last
+        };
+        let mut side = [0usize; CHUNK];
+        let mut n = 0;
+        if count(common) >= MIN_SIDE_BY_SIDE {
+            for (i, job) in jobs.iter().enumerate() {
+                if shape(job) == common {
+                    side[n] = i;
+                    n += 1;
+                }
+            }
+            self.tags_side_by_side(&side[..n], jobs, keys, buf, tags);
+        }
+        let mut together = side[..n].iter().peekable();
+        for (i, (job, otk)) in jobs.iter().zip(keys).enumerate() {
+            if together.next_if_eq(&&i).is_none() {
+                tags[i] = self.poly_tag(otk, job.aad, &buf[job.text.clone()]);
+            }
+        }
+    }
+
+    /// The tags of jobs `which` (at most [`CHUNK`], all of one shape) into `tags`.
+    fn tags_side_by_side(
+        &self,
+        which: &[usize],
+        jobs: &[Job<'_>],
+        keys: &[[u8; 32]],
+        buf: &[u8],
+        tags: &mut [[u8; TAG_LEN]],
+    ) {
+        let n = which.len();
+        let pick = |k: usize| which[k.min(n - 1)];
+        let mut otks: [[u8; 32]; CHUNK] = std::array::from_fn(|k| keys[pick(k)]);
+        let aads: [&[u8]; CHUNK] = std::array::from_fn(|k| jobs[pick(k)].aad);
+        let texts: [&[u8]; CHUNK] = std::array::from_fn(|k| &buf[jobs[pick(k)].text.clone()]);
+        let mut out = [[0u8; TAG_LEN]; CHUNK];
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `apply`: `self` exists, so the CPU has the features
+        // `aead_tags_lanes` is compiled for.
+        unsafe {
+            poly1305::aead_tags_lanes(&otks[..n], &aads[..n], &texts[..n], &mut out[..n])
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        match self.never {}
+        for (&i, tag) in which.iter().zip(&out) {
+            tags[i] = *tag;
+        }
+        wipe(&mut otks, [0; 32]);
+    }
+
+    /// See `chacha::apply_many`: the blocks `blocks(i, text length)` of every job `i`.
+    fn apply_many(
+        &self,
+        jobs: &[Job<'_>],
+        buf: &mut [u8],
+        keys: &mut [[u8; 32]],
+        blocks: impl Fn(usize, usize) -> std::ops::Range<u32>,
+    ) {
+        let span = |i: usize| {
+            let job = &jobs[i];
+            chacha::Span {
+                nonce: job.nonce,
+                bytes: job.text.clone(),
+                blocks: blocks(i, job.text.len()),
+            }
+        };
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `apply`: `self` exists, so the CPU has the features
+        // `chacha::apply_many` is compiled for.
+        unsafe {
+            chacha::apply_many(&self.key, span, buf, keys)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        match self.never {}
+    }
+
     /// See `chacha::apply`.
     fn apply(
         &self,
@@ -171,6 +324,53 @@ pub(crate) fn wipe<T: Copy, const N: usize>(x: &mut [T; N], zero: T) {
     // and `[zero; N]` is a valid value of that type.
     unsafe { std::ptr::write_volatile(x, [zero; N]) };
     std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+}
+
+/// One message of a batch for [`ChaCha20Poly1305::seal_many`] and
+/// [`ChaCha20Poly1305::open_many`], all of whose messages lie in one buffer.
+#[derive(Debug, Clone)]
+pub struct Job<'a> {
+    /// The message's nonce.
+    pub nonce: [u8; NONCE_LEN],
+    /// Its associated data.
+    pub aad: &'a [u8],
+    /// Where its plaintext (sealing) or ciphertext (opening) lies in the buffer.
+    pub text: std::ops::Range<usize>,
+    /// Where its 16-byte tag lies in the buffer.
+    pub tag: usize,
+}
+
+/// Jobs per round of a batch: as many as Poly1305 hashes side by side. Their one-time
+/// keys sit on the stack, their texts stay in the L1 cache between encryption and hash.
+const CHUNK: usize = 16;
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(CHUNK == poly1305::LANES);
+
+/// Jobs of one shape that are hashed side by side rather than one by one: sixteen lanes
+/// cost about as much as eleven 1424-byte messages one by one, or eight of 576 bytes
+/// (measured on the Emerald Rapids guest).
+const MIN_SIDE_BY_SIDE: usize = 10;
+
+/// ChaCha20 blocks after block 0 that `len` bytes take. `check_jobs` keeps `len` a block
+/// below [`MAX_LEN`], so this and one more fit a `u32`.
+fn blocks_of(len: usize) -> u32 {
+    len.div_ceil(64) as u32
+}
+
+/// That every job's text and tag lie in a buffer of `len` bytes and no text is too long
+/// for a batch (a block less than [`MAX_LEN`], so that block counters stay in a `u32`).
+fn check_jobs(len: usize, jobs: &[Job<'_>]) -> Result<(), Error> {
+    let fits = |j: &Job<'_>| {
+        j.text.start <= j.text.end
+            && j.text.end <= len
+            && !too_long(j.text.len() + 64)
+            && j.tag.checked_add(TAG_LEN).is_some_and(|end| end <= len)
+    };
+    if jobs.iter().all(fits) {
+        Ok(())
+    } else {
+        Err(Error)
+    }
 }
 
 /// Whether a message of `len` bytes is longer than one nonce may cover.

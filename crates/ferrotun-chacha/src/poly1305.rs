@@ -33,12 +33,13 @@
 //! indexes memory by the key or the message, and the final reduction selects by a mask.
 
 use std::arch::x86_64::{
-    __m512i, _mm_set_epi64x, _mm512_add_epi64, _mm512_and_si512, _mm512_loadu_si512,
-    _mm512_madd52hi_epu64, _mm512_madd52lo_epu64, _mm512_mask_blend_epi64,
-    _mm512_mask_broadcast_i32x4, _mm512_maskz_loadu_epi64, _mm512_maskz_mov_epi64, _mm512_or_si512,
-    _mm512_permutex2var_epi64, _mm512_permutexvar_epi64, _mm512_reduce_add_epi64,
-    _mm512_set1_epi64, _mm512_setr_epi64, _mm512_setzero_si512, _mm512_shuffle_i64x2,
-    _mm512_slli_epi64, _mm512_srli_epi64, _mm512_ternarylogic_epi64,
+    __m128i, __m512i, _mm_loadu_si128, _mm_set_epi64x, _mm512_add_epi64, _mm512_and_si512,
+    _mm512_castsi128_si512, _mm512_inserti32x4, _mm512_loadu_si512, _mm512_madd52hi_epu64,
+    _mm512_madd52lo_epu64, _mm512_mask_blend_epi64, _mm512_mask_broadcast_i32x4,
+    _mm512_maskz_loadu_epi64, _mm512_maskz_mov_epi64, _mm512_or_si512, _mm512_permutex2var_epi64,
+    _mm512_permutexvar_epi64, _mm512_reduce_add_epi64, _mm512_set1_epi64, _mm512_setr_epi64,
+    _mm512_setzero_si512, _mm512_shuffle_i64x2, _mm512_slli_epi64, _mm512_srli_epi64,
+    _mm512_storeu_si512, _mm512_ternarylogic_epi64,
 };
 
 /// Bytes in a Poly1305 block.
@@ -338,6 +339,14 @@ fn message(first: __m512i, second: __m512i, hibit: __m512i) -> Limbs {
     // Gather the low and the high 64-bit halves of the eight blocks.
     let lo = _mm512_permutex2var_epi64(first, _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), second);
     let hi = _mm512_permutex2var_epi64(first, _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15), second);
+    halves(lo, hi, hibit)
+}
+
+/// Eight blocks given as their low (`lo`) and high (`hi`) 64-bit halves, block i in lane
+/// i, as limbs with `hibit` added to the top limb.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn halves(lo: __m512i, hi: __m512i, hibit: __m512i) -> Limbs {
     let m44 = splat(MASK44);
     let m0 = _mm512_and_si512(lo, m44);
     // Bits 44..88: (lo >> 44 | hi << 20) & mask; 0xA8 is the truth table of (a | b) & c.
@@ -934,4 +943,122 @@ mod tests {
         }
         lo
     }
+}
+
+/// Messages [`aead_tags_lanes`] hashes at once: two chains of eight lanes.
+pub(crate) const LANES: usize = 16;
+
+/// The RFC 8439 §2.8 tags of up to [`LANES`] messages whose streams have one shape (all
+/// aads of one length, all cts of one length), one message per 64-bit lane: message `i`
+/// under `otks[i]` over `aads[i]` and `cts[i]`, into `tags[i]`.
+///
+/// Each lane runs Horner's rule with its own r, block by block, two chains of eight lanes
+/// interleaved so that one's multiplication overlaps the other's. Per block this costs
+/// more than [`aead_tag`]'s path (eight loads and the inserts that put one block of each
+/// of eight messages side by side, where one message's eight blocks are two loads), but
+/// nothing is built per message: no powers of r, no sum across lanes. Measured on the
+/// Emerald Rapids guest for sixteen 1424-byte messages: about 100 ns a message against
+/// about 145 one by one; for 576 bytes about 48 against 100.
+///
+/// Lanes past `otks.len()` repeat message 0 and are thrown away. Callers pass equal-length
+/// `otks`, `aads`, `cts` and `tags` of at most [`LANES`] entries, with equal lengths
+/// within `aads` and within `cts`.
+#[target_feature(enable = "avx512f,avx512vl,avx512ifma")]
+pub(crate) fn aead_tags_lanes(
+    otks: &[[u8; 32]],
+    aads: &[&[u8]],
+    cts: &[&[u8]],
+    tags: &mut [[u8; 16]],
+) {
+    let n = otks.len().min(LANES);
+    let lane = |i: usize| if i < n { i } else { 0 };
+    let mut rs = [0u128; LANES];
+    let mut ss = [0u128; LANES];
+    for (i, (r, s)) in rs.iter_mut().zip(ss.iter_mut()).enumerate() {
+        (*r, *s) = split_key(&otks[lane(i)]);
+    }
+    let aads: [&[u8]; LANES] = std::array::from_fn(|i| aads[lane(i)]);
+    let cts: [&[u8]; LANES] = std::array::from_fn(|i| cts[lane(i)]);
+    let (aad_len, ct_len) = (aads[0].len(), cts[0].len());
+
+    let ra = Multiplier::new(&numbers(&rs[..8], 0));
+    let rb = Multiplier::new(&numbers(&rs[8..], 0));
+    let hibit = splat(HIBIT);
+    let z = _mm512_setzero_si512();
+    let (mut ha, mut hb) = (Limbs([z, z, z]), Limbs([z, z, z]));
+    // h ← (h + m)·r in every lane, for a pair of vectors of blocks.
+    let mut feed = |a: Limbs, b: Limbs| {
+        ha = carry(mul_wide(&add(&ha, &a), &ra));
+        hb = carry(mul_wide(&add(&hb, &b), &rb));
+    };
+    for data in [&aads, &cts] {
+        let whole = data[0].len() / BLOCK;
+        for k in 0..whole {
+            feed(
+                side_by_side(&data[..8], k * BLOCK, hibit),
+                side_by_side(&data[8..], k * BLOCK, hibit),
+            );
+        }
+        if data[0].len() % BLOCK != 0 {
+            let tails: [u128; LANES] =
+                std::array::from_fn(|i| tail_block(data[i]).unwrap_or_default());
+            feed(numbers(&tails[..8], HIBIT), numbers(&tails[8..], HIBIT));
+        }
+    }
+    let lengths = u128::from(aad_len as u64) | u128::from(ct_len as u64) << 64;
+    let lengths = [lengths; 8];
+    feed(numbers(&lengths, HIBIT), numbers(&lengths, HIBIT));
+
+    let mut limbs = [[0u64; 8]; 6];
+    for (out, v) in limbs.iter_mut().zip(ha.0.iter().chain(&hb.0)) {
+        // SAFETY: `out` is 64 writable bytes; `storeu` has no alignment requirement.
+        unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), *v) };
+    }
+    for (i, tag) in tags.iter_mut().enumerate().take(n) {
+        let (chain, l) = (3 * (i / 8), i % 8);
+        let [w0, w1, w2] = [0, 1, 2].map(|k| limbs[chain + k][l]);
+        // Carried limbs below 2^45: in radix 2^64 well below 2^147, as `finish` expects.
+        let t = u128::from(w0) + (u128::from(w1) << 44);
+        let t2 = (t >> 64) + (u128::from(w2) << 24);
+        *tag = finish([t as u64, t2 as u64, (t2 >> 64) as u64], ss[i]);
+    }
+    crate::wipe(&mut rs, 0);
+    crate::wipe(&mut ss, 0);
+}
+
+/// Eight numbers below 2^128 as limbs, number i in lane i, plus `top` (the 2^128 bit as
+/// seen in the top limb, or 0).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn numbers(x: &[u128], top: u64) -> Limbs {
+    let lo: [u64; 8] = std::array::from_fn(|i| x[i] as u64);
+    let hi: [u64; 8] = std::array::from_fn(|i| (x[i] >> 64) as u64);
+    // SAFETY: each array is 64 readable bytes; `loadu` has no alignment requirement.
+    let (lo, hi) = unsafe {
+        (
+            _mm512_loadu_si512(lo.as_ptr().cast()),
+            _mm512_loadu_si512(hi.as_ptr().cast()),
+        )
+    };
+    halves(lo, hi, splat(top))
+}
+
+/// Block `data[i][at..at + 16]` of each of eight messages as limbs, message i in lane i.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn side_by_side(data: &[&[u8]], at: usize, hibit: __m512i) -> Limbs {
+    let block = |i: usize| -> __m128i {
+        let b: &[u8; BLOCK] = data[i][at..at + BLOCK]
+            .try_into()
+            .expect("a range of BLOCK bytes");
+        // SAFETY: `b` is 16 readable bytes; `loadu` has no alignment requirement.
+        unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
+    };
+    let four = |i: usize| {
+        let v = _mm512_castsi128_si512(block(i));
+        let v = _mm512_inserti32x4::<1>(v, block(i + 1));
+        let v = _mm512_inserti32x4::<2>(v, block(i + 2));
+        _mm512_inserti32x4::<3>(v, block(i + 3))
+    };
+    message(four(0), four(4), hibit)
 }

@@ -240,3 +240,166 @@ fn wipe_zeroes_every_element() {
     wipe(&mut words, 0);
     assert_eq!(words, [0u32; 16]);
 }
+
+/// A batch: job `i` has `lens[i]` bytes of text, `aad_lens[i]` bytes of aad (from `aads`),
+/// each text in a slot of its own, its tag right behind it, and a gap of junk between
+/// slots. Returns the buffer (the plaintexts, random) and the jobs.
+fn batch<'a>(
+    rng: &mut Rng,
+    lens: &[usize],
+    aad_lens: &[usize],
+    aads: &'a [u8],
+) -> (Vec<u8>, Vec<Job<'a>>) {
+    let mut jobs = Vec::new();
+    let mut at = rng.next() as usize % 64;
+    for (i, (&len, &aad_len)) in lens.iter().zip(aad_lens).enumerate() {
+        let mut nonce = [0u8; 12];
+        nonce[4..].copy_from_slice(&(i as u64 * 7 + 3).to_le_bytes());
+        jobs.push(Job {
+            nonce,
+            aad: &aads[i % 16..i % 16 + aad_len],
+            text: at..at + len,
+            tag: at + len,
+        });
+        at += len + TAG_LEN + rng.next() as usize % 48;
+    }
+    (rng.bytes(at + 5), jobs)
+}
+
+/// `seal_many` over the batch against `seal_in_place` job by job; then `open_many` opens
+/// it back, except the jobs in `corrupt`, whose tag gets one bit flipped: those must be
+/// refused and left as they were. Every byte outside the jobs' texts and tags is left
+/// alone throughout.
+fn check_batch(key: &[u8; 32], lens: &[usize], aad_lens: &[usize], corrupt: &[usize], seed: u64) {
+    let mut rng = Rng(seed | 1);
+    let aads = rng.bytes(16 + aad_lens.iter().max().copied().unwrap_or(0));
+    let (plain, jobs) = batch(&mut rng, lens, aad_lens, &aads);
+    let k = ours(key);
+    let mut one_by_one = plain.clone();
+    for j in &jobs {
+        let tag = k
+            .seal_in_place(&j.nonce, j.aad, &mut one_by_one[j.text.clone()])
+            .unwrap();
+        one_by_one[j.tag..j.tag + TAG_LEN].copy_from_slice(&tag);
+    }
+    let mut many = plain.clone();
+    k.seal_many(&mut many, &jobs).unwrap();
+    assert!(
+        many == one_by_one,
+        "seal_many differs: lens {lens:?} aads {aad_lens:?}"
+    );
+
+    let mut corrupt = corrupt.to_vec();
+    corrupt.sort_unstable();
+    corrupt.dedup();
+    for &c in &corrupt {
+        many[jobs[c].tag + c % TAG_LEN] ^= 1 << (c % 8);
+    }
+    let sealed = many.clone();
+    let mut opened = vec![false; jobs.len()];
+    k.open_many(&mut many, &jobs, &mut opened).unwrap();
+    let mut expected = plain.clone();
+    for (i, j) in jobs.iter().enumerate() {
+        let bad = corrupt.contains(&i);
+        assert_eq!(opened[i], !bad, "job {i} of lens {lens:?}");
+        let want = if bad { &sealed } else { &plain };
+        expected[j.text.clone()].copy_from_slice(&want[j.text.clone()]);
+        expected[j.tag..j.tag + TAG_LEN].copy_from_slice(&sealed[j.tag..j.tag + TAG_LEN]);
+    }
+    assert!(
+        many == expected,
+        "open_many output wrong: lens {lens:?} corrupt {corrupt:?}"
+    );
+}
+
+#[test]
+fn batches_of_one_shape_match_one_by_one() {
+    if !cpu_ok() {
+        return;
+    }
+    let mut rng = Rng(0x5eed);
+    // Sixteen or more of one shape are hashed side by side; around the threshold of ten,
+    // with a stray shape first, last or in between; every aad and text tail length.
+    for n in [1, 9, 10, 11, 15, 16, 17, 33, 44] {
+        for (len, aad) in [
+            (1420, 0),
+            (1424, 0),
+            (1424, 1),
+            (576, 17),
+            (0, 0),
+            (15, 16),
+            (64, 0),
+        ] {
+            let mut lens = vec![len; n];
+            let aads = vec![aad; n];
+            check_batch(&rng.key(), &lens, &aads, &[], rng.next());
+            *lens.last_mut().unwrap() = 100;
+            check_batch(&rng.key(), &lens, &aads, &[0, n / 2], rng.next());
+            lens[0] = 7;
+            check_batch(&rng.key(), &lens, &aads, &[n - 1], rng.next());
+        }
+    }
+    for len in 0..200 {
+        check_batch(&rng.key(), &[len; 12], &[len % 20; 12], &[3], rng.next());
+    }
+}
+
+#[test]
+fn a_batch_that_does_not_fit_is_refused_whole() {
+    if !cpu_ok() {
+        return;
+    }
+    let k = ours(&[9; 32]);
+    let job = |text: std::ops::Range<usize>, tag| Job {
+        nonce: [1; 12],
+        aad: &[],
+        text,
+        tag,
+    };
+    let good = job(0..10, 10);
+    for bad in [
+        job(0..100, 100),
+        job(90..100, 100),
+        #[allow(clippy::reversed_empty_ranges, reason = "a backwards range is the bad input")]
+        job(50..40, 60),
+        job(0..10, 90),
+        job(0..10, usize::MAX - 3),
+    ] {
+        let mut buf = vec![0x33u8; 100];
+        assert_eq!(
+            k.seal_many(&mut buf, &[good.clone(), bad.clone()]),
+            Err(Error)
+        );
+        assert_eq!(buf, vec![0x33u8; 100], "{bad:?} changed the buffer");
+        let mut opened = [true; 2];
+        assert_eq!(
+            k.open_many(&mut buf, &[good.clone(), bad], &mut opened),
+            Err(Error)
+        );
+        assert_eq!(buf, vec![0x33u8; 100]);
+    }
+    let mut buf = vec![0u8; 100];
+    assert_eq!(
+        k.open_many(&mut buf, &[good.clone(), good], &mut [false]),
+        Err(Error)
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn batches_match_one_by_one_proptest(
+        key in proptest::array::uniform32(any::<u8>()),
+        shape in (0usize..3000, 0usize..40),
+        jobs in proptest::collection::vec((any::<bool>(), 0usize..3000, 0usize..40, any::<bool>()), 0..40),
+        seed in any::<u64>(),
+    ) {
+        if cpu_ok() {
+            // Each job takes the common shape or one of its own; some are corrupted.
+            let lens: Vec<usize> = jobs.iter().map(|j| if j.0 { shape.0 } else { j.1 }).collect();
+            let aads: Vec<usize> = jobs.iter().map(|j| if j.0 { shape.1 } else { j.2 }).collect();
+            let corrupt: Vec<usize> = (0..jobs.len()).filter(|&i| jobs[i].3).collect();
+            check_batch(&key, &lens, &aads, &corrupt, seed);
+        }
+    }
+}
