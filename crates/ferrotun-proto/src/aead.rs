@@ -44,6 +44,77 @@ pub trait Aead: Send + Sync {
         buf: &mut [u8],
         tag: &[u8; TAG_LEN],
     ) -> Result<(), AeadError>;
+    /// Seals every job's text in `buf` in place and writes its tag at
+    /// `buf[job.tag..job.tag + 16]`: the same bytes as [`Aead::seal_in_place`] job by job,
+    /// which is what this default does. Refuses the whole batch, touching nothing, when a
+    /// job's text or tag does not lie in `buf`.
+    fn seal_many(&self, buf: &mut [u8], jobs: &[SealJob<'_>]) -> Result<(), AeadError> {
+        check_jobs(buf.len(), jobs)?;
+        for job in jobs {
+            let tag = self.seal_in_place(job.counter, job.aad, &mut buf[job.text.clone()])?;
+            buf[job.tag..job.tag + TAG_LEN].copy_from_slice(&tag);
+        }
+        Ok(())
+    }
+    /// Opens every job of a batch: verifies the tag at `buf[job.tag..job.tag + 16]` over
+    /// its aad and the ciphertext `buf[job.text]` and decrypts the text in place;
+    /// `opened[i]` tells whether job `i` verified (its text is then plaintext; else its
+    /// contents are unspecified). This default opens job by job. Refuses the whole batch,
+    /// touching nothing, when a job does not lie in `buf` or `opened` is too short.
+    fn open_many(
+        &self,
+        buf: &mut [u8],
+        jobs: &[SealJob<'_>],
+        opened: &mut [bool],
+    ) -> Result<(), AeadError> {
+        check_open(buf.len(), jobs, opened)?;
+        for (job, ok) in jobs.iter().zip(opened) {
+            let tag: [u8; TAG_LEN] = buf[job.tag..job.tag + TAG_LEN]
+                .try_into()
+                .expect("check_jobs: the tag lies in buf");
+            *ok = self
+                .open_in_place(job.counter, job.aad, &mut buf[job.text.clone()], &tag)
+                .is_ok();
+        }
+        Ok(())
+    }
+}
+
+/// One message of a batch for [`Aead::seal_many`] or [`Aead::open_many`], which seal or
+/// open messages that lie in one buffer.
+#[derive(Debug, Clone)]
+pub struct SealJob<'a> {
+    /// Its counter (the nonce).
+    pub counter: u64,
+    /// Its associated data.
+    pub aad: &'a [u8],
+    /// Where its plaintext (sealing) or ciphertext (opening) lies in the buffer.
+    pub text: std::ops::Range<usize>,
+    /// Where its 16-byte tag goes (sealing) or lies (opening) in the buffer.
+    pub tag: usize,
+}
+
+/// [`check_jobs`], and that `opened` has room for every job.
+fn check_open(len: usize, jobs: &[SealJob<'_>], opened: &[bool]) -> Result<(), AeadError> {
+    check_jobs(len, jobs)?;
+    if opened.len() < jobs.len() {
+        return Err(AeadError);
+    }
+    Ok(())
+}
+
+/// That every job's text and tag lie in a buffer of `len` bytes.
+fn check_jobs(len: usize, jobs: &[SealJob<'_>]) -> Result<(), AeadError> {
+    let fits = |j: &SealJob<'_>| {
+        j.text.start <= j.text.end
+            && j.text.end <= len
+            && j.tag.checked_add(TAG_LEN).is_some_and(|end| end <= len)
+    };
+    if jobs.iter().all(fits) {
+        Ok(())
+    } else {
+        Err(AeadError)
+    }
 }
 
 /// Which implementation seals and opens transport data.
@@ -141,6 +212,48 @@ impl Aead for Avx512ChaCha {
             .open_in_place(&counter_nonce(counter), aad, buf, tag)
             .map_err(|_| AeadError)
     }
+
+    /// `ferrotun-chacha`'s batch seal, sixteen jobs at a time (what it shares passes and
+    /// Poly1305 lanes among).
+    fn seal_many(&self, buf: &mut [u8], jobs: &[SealJob<'_>]) -> Result<(), AeadError> {
+        check_jobs(buf.len(), jobs)?;
+        for chunk in jobs.chunks(16) {
+            self.0
+                .seal_many(buf, &chacha_jobs(chunk)[..chunk.len()])
+                .map_err(|_| AeadError)?;
+        }
+        Ok(())
+    }
+
+    /// `ferrotun-chacha`'s batch open, sixteen jobs at a time.
+    fn open_many(
+        &self,
+        buf: &mut [u8],
+        jobs: &[SealJob<'_>],
+        opened: &mut [bool],
+    ) -> Result<(), AeadError> {
+        check_open(buf.len(), jobs, opened)?;
+        for (chunk, opened) in jobs.chunks(16).zip(opened.chunks_mut(16)) {
+            self.0
+                .open_many(buf, &chacha_jobs(chunk)[..chunk.len()], opened)
+                .map_err(|_| AeadError)?;
+        }
+        Ok(())
+    }
+}
+
+/// Up to sixteen jobs in `ferrotun-chacha`'s form (the array is filled up by repeating the
+/// last job; callers take the first `chunk.len()`). `chunk` is not empty.
+fn chacha_jobs<'a>(chunk: &[SealJob<'a>]) -> [ferrotun_chacha::Job<'a>; 16] {
+    std::array::from_fn(|i| {
+        let j = &chunk[i.min(chunk.len() - 1)];
+        ferrotun_chacha::Job {
+            nonce: counter_nonce(j.counter),
+            aad: j.aad,
+            text: j.text.clone(),
+            tag: j.tag,
+        }
+    })
 }
 
 /// `ring`'s `CHACHA20_POLY1305` as a `LessSafeKey` (we supply unique counter nonces).
@@ -288,6 +401,27 @@ impl Aead for TransportAead {
             TransportAead::Avx512(k) => k.open_in_place(counter, aad, buf, tag),
             TransportAead::Ring(k) => k.open_in_place(counter, aad, buf, tag),
             TransportAead::RustCrypto(k) => k.open_in_place(counter, aad, buf, tag),
+        }
+    }
+
+    fn seal_many(&self, buf: &mut [u8], jobs: &[SealJob<'_>]) -> Result<(), AeadError> {
+        match self {
+            TransportAead::Avx512(k) => k.seal_many(buf, jobs),
+            TransportAead::Ring(k) => k.seal_many(buf, jobs),
+            TransportAead::RustCrypto(k) => k.seal_many(buf, jobs),
+        }
+    }
+
+    fn open_many(
+        &self,
+        buf: &mut [u8],
+        jobs: &[SealJob<'_>],
+        opened: &mut [bool],
+    ) -> Result<(), AeadError> {
+        match self {
+            TransportAead::Avx512(k) => k.open_many(buf, jobs, opened),
+            TransportAead::Ring(k) => k.open_many(buf, jobs, opened),
+            TransportAead::RustCrypto(k) => k.open_many(buf, jobs, opened),
         }
     }
 }

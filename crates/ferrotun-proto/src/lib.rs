@@ -97,5 +97,5 @@ pub use session::{
     Decapsulated, Encapsulated, ResponseOutcome, Session, SessionConfig, SessionIndex, Transmit,
 };
 pub use tcp::{FrameError, StreamDecoder};
-pub use transport::{Keypair, TransportError};
+pub use transport::{Keypair, Opened, Prepared, TransportError};
 pub use wire::{HandshakeFlags, Message, PayloadFlags, WireError};
