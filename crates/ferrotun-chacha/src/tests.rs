@@ -360,7 +360,10 @@ fn a_batch_that_does_not_fit_is_refused_whole() {
     for bad in [
         job(0..100, 100),
         job(90..100, 100),
-        #[allow(clippy::reversed_empty_ranges, reason = "a backwards range is the bad input")]
+        #[allow(
+            clippy::reversed_empty_ranges,
+            reason = "a backwards range is the bad input"
+        )]
         job(50..40, 60),
         job(0..10, 90),
         job(0..10, usize::MAX - 3),

@@ -20,7 +20,7 @@ use ferrotun_device::Mode;
 use ferrotun_proto::session::{REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME};
 use ferrotun_proto::transport::TransportError;
 use ferrotun_proto::wire::DATA_HEADER_LEN;
-use ferrotun_proto::{Compressor, PayloadFlags};
+use ferrotun_proto::{Compressor, Keypair, PayloadFlags, Prepared};
 
 use super::switch::{self, LOCAL};
 use super::{PeerAddr, PeerTable, Shared, TRAILER, Turn};
@@ -32,10 +32,16 @@ use crate::stats::DropReason;
 /// of 1420 bytes, so one fits whole.
 pub const SLOTS: usize = 64;
 
-/// Per-task state for sealing: compressors of the peers that compress, and scratch.
+/// Per-task state for sealing: compressors of the peers that compress, scratch, and the
+/// messages of the current batch that wait to be sealed together.
 pub struct Sealer {
     compressors: HashMap<u32, Compressor>,
     scratch: Vec<u8>,
+    /// Messages [`Sealer::prepare`]d this batch, in order, and the slot of each.
+    pending: Vec<Prepared>,
+    slots: Vec<usize>,
+    /// Runs of `pending` under one keypair: the index of each run's first message.
+    runs: Vec<(usize, Arc<Keypair>)>,
 }
 
 impl Sealer {
@@ -44,6 +50,9 @@ impl Sealer {
         Sealer {
             compressors: HashMap::new(),
             scratch: vec![0u8; ferrotun_proto::compress::compress_bound(frame) + 64],
+            pending: Vec::with_capacity(SLOTS),
+            slots: Vec::with_capacity(SLOTS),
+            runs: Vec::new(),
         }
     }
 
@@ -59,6 +68,62 @@ impl Sealer {
         now: Instant,
         compress: bool,
     ) -> Option<(usize, PeerAddr)> {
+        self.seal_or_prepare(shared, peer, buf, len, now, compress, None)
+    }
+
+    /// As [`Sealer::seal`], but the encryption waits for [`Sealer::finish`], which seals
+    /// all messages prepared since in a few AEAD calls (see
+    /// [`Keypair::seal_prepared`]). `buf` is batch slot `slot`, at `at` in the buffer
+    /// `finish` gets; until then it holds the header and the padded plaintext.
+    #[allow(clippy::too_many_arguments)]
+    pub fn prepare(
+        &mut self,
+        shared: &Shared,
+        peer: &Peer,
+        buf: &mut [u8],
+        len: usize,
+        now: Instant,
+        slot: usize,
+        at: usize,
+    ) -> Option<(usize, PeerAddr)> {
+        self.seal_or_prepare(shared, peer, buf, len, now, true, Some((slot, at)))
+    }
+
+    /// Seals the messages prepared since the last call, in `buf`. A run that cannot be
+    /// sealed (it does not lie in `buf`: a bug) is dropped, its entries in `sealed` (by
+    /// slot) set to `None`, so that no plaintext goes out.
+    pub fn finish(
+        &mut self,
+        shared: &Shared,
+        buf: &mut [u8],
+        sealed: &mut [Option<(usize, PeerAddr)>],
+    ) {
+        for (k, (start, kp)) in self.runs.iter().enumerate() {
+            let end = self.runs.get(k + 1).map_or(self.pending.len(), |r| r.0);
+            if let Err(e) = kp.seal_prepared(buf, &self.pending[*start..end]) {
+                for &slot in &self.slots[*start..end] {
+                    sealed[slot] = None;
+                    shared.drop_packet(DropReason::TooBig, || format!("sealing a batch: {e}"));
+                }
+            }
+        }
+        self.runs.clear();
+        self.pending.clear();
+        self.slots.clear();
+    }
+
+    /// [`Sealer::seal`] with `batch` `None`, [`Sealer::prepare`] with its slot and offset.
+    #[allow(clippy::too_many_arguments)]
+    fn seal_or_prepare(
+        &mut self,
+        shared: &Shared,
+        peer: &Peer,
+        buf: &mut [u8],
+        len: usize,
+        now: Instant,
+        compress: bool,
+        batch: Option<(usize, usize)>,
+    ) -> Option<(usize, PeerAddr)> {
         let Some(ep) = peer.endpoint() else {
             shared.drop_for(peer, DropReason::NoEndpoint, || {
                 format!("peer {} has not connected yet", peer.name())
@@ -72,7 +137,7 @@ impl Sealer {
         };
         let keypair = peer.send_keypair.load();
         let Some(kp) = keypair
-            .as_deref()
+            .as_ref()
             .filter(|k| now < k.created() + REJECT_AFTER_TIME)
         else {
             stage(shared, peer, buf, len);
@@ -88,7 +153,19 @@ impl Sealer {
                 flags = flags.union(PayloadFlags::COMPRESSED);
             }
         }
-        match kp.seal(flags, payload, buf, shared.mtu) {
+        let sealed = match batch {
+            None => kp.seal(flags, payload, buf, shared.mtu),
+            Some((slot, at)) => kp.prepare(flags, payload, buf, shared.mtu, at).map(|p| {
+                let n = p.datagram_len();
+                if !self.runs.last().is_some_and(|(_, k)| Arc::ptr_eq(k, kp)) {
+                    self.runs.push((self.pending.len(), Arc::clone(kp)));
+                }
+                self.pending.push(p);
+                self.slots.push(slot);
+                n
+            }),
+        };
+        match sealed {
             Ok(n) => {
                 peer.traffic.sent(len, payload);
                 peer.notes.sent.store(shared.stamp(now), Ordering::Relaxed);
@@ -219,16 +296,29 @@ pub async fn send_path(shared: Arc<Shared>, index: usize) -> anyhow::Result<()> 
                 });
                 None
             } else {
+                let at = i * stride;
                 match shared.mode {
                     Mode::Tun => route_ip(&shared, &table, buf, len)
-                        .and_then(|peer| sealer.seal(&shared, peer, buf, len, now, true)),
+                        .and_then(|peer| sealer.prepare(&shared, peer, buf, len, now, i, at)),
                     Mode::Tap => {
-                        send_frame(&shared, &table, &mut sealer, buf, len, &mut flood, now).await
+                        let slot = (i, at);
+                        send_frame(
+                            &shared,
+                            &table,
+                            &mut sealer,
+                            buf,
+                            len,
+                            slot,
+                            &mut flood,
+                            now,
+                        )
+                        .await
                     }
                 }
             };
             sealed.push(out);
         }
+        sealer.finish(&shared, &mut arena, &mut sealed);
         transmit_batch(&shared, index, &arena, stride, &sealed).await;
         turn.next_batch().await;
     }
@@ -312,13 +402,16 @@ fn route_ip<'t>(
 }
 
 /// TAP: a client sends everything to its server; a server switches by MAC. Frames that
-/// flood are sent from here; a unicast frame is sealed in place and returned for the batch.
+/// flood are sent from here; a unicast frame is prepared in place (batch slot and offset
+/// `slot`) and returned for the batch.
+#[allow(clippy::too_many_arguments)]
 async fn send_frame(
     shared: &Shared,
     table: &PeerTable,
     sealer: &mut Sealer,
     buf: &mut [u8],
     len: usize,
+    slot: (usize, usize),
     flood: &mut [u8],
     now: Instant,
 ) -> Option<(usize, PeerAddr)> {
@@ -328,7 +421,7 @@ async fn send_frame(
     };
     if !shared.server {
         let peer = table.peers().next()?;
-        return sealer.seal(shared, peer, buf, len, now, true);
+        return sealer.prepare(shared, peer, buf, len, now, slot.0, slot.1);
     }
     shared.switch.learn(src, LOCAL, shared.stamp(now));
     let target = if switch::is_group(&dst) {
@@ -341,7 +434,7 @@ async fn send_frame(
             shared.drops.count(DropReason::Hairpin);
             None
         }
-        Some((_, Some(peer))) => sealer.seal(shared, peer, buf, len, now, true),
+        Some((_, Some(peer))) => sealer.prepare(shared, peer, buf, len, now, slot.0, slot.1),
         _ => {
             flood_to_peers(shared, table, sealer, buf, len, flood, None, now).await;
             None
