@@ -120,6 +120,13 @@ fn blocks8(words: &[u32; 16], counter: u32) -> [__m512i; 8] {
     }
     let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     init[12] = _mm256_add_epi32(_mm256_set1_epi32(counter as i32), lanes);
+    lanes8(init)
+}
+
+/// Eight blocks from eight initial states held vertically in 256-bit registers (`init[j]`
+/// holds word `j` of every lane's state), each as one 64-byte register in byte order.
+#[target_feature(enable = "avx512f,avx512vl")]
+fn lanes8(init: [__m256i; 16]) -> [__m512i; 8] {
     let x = twenty_rounds!(_mm256_add_epi32, _mm256_xor_si256, _mm256_rol_epi32, init);
 
     // As in `blocks16`, with two 128-bit lanes: block 4k+i is rows u[0..4][i], lane k.
@@ -159,18 +166,29 @@ fn blocks8(words: &[u32; 16], counter: u32) -> [__m512i; 8] {
 /// [`blocks16`]'s work, for messages of at most three blocks, whose latency it sets.
 #[target_feature(enable = "avx512f")]
 fn blocks4(words: &[u32; 16], counter: u32) -> [__m512i; 4] {
-    let row = |i: usize| {
-        let w = &words[4 * i..4 * i + 4];
-        _mm512_broadcast_i32x4(_mm_setr_epi32(
-            w[0] as i32,
-            w[1] as i32,
-            w[2] as i32,
-            w[3] as i32,
-        ))
-    };
+    let row = |i: usize| row_of(words, i);
     let lanes = _mm512_setr_epi32(0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0);
     let counters = _mm512_add_epi32(lanes, _mm512_setr4_epi32(counter as i32, 0, 0, 0));
-    let init = [row(0), row(1), row(2), _mm512_add_epi32(row(3), counters)];
+    rows4([row(0), row(1), row(2), _mm512_add_epi32(row(3), counters)])
+}
+
+/// Row `i` (words `4i .. 4i + 4`) of the state in every 128-bit lane.
+#[target_feature(enable = "avx512f")]
+fn row_of(words: &[u32; 16], i: usize) -> __m512i {
+    let w = &words[4 * i..4 * i + 4];
+    _mm512_broadcast_i32x4(_mm_setr_epi32(
+        w[0] as i32,
+        w[1] as i32,
+        w[2] as i32,
+        w[3] as i32,
+    ))
+}
+
+/// Four blocks from four initial states held horizontally (register `init[i]` holds row
+/// `i` of the state, one block per 128-bit lane), each as one 64-byte register in byte
+/// order.
+#[target_feature(enable = "avx512f")]
+fn rows4(init: [__m512i; 4]) -> [__m512i; 4] {
     let [mut a, mut b, mut c, mut d] = init;
     for _ in 0..10 {
         for diagonal in [false, true] {
@@ -409,16 +427,46 @@ struct Pass {
 }
 
 impl Pass {
-    /// Computes the filled lanes' blocks, delivers them, and empties the pass.
+    /// Computes the filled lanes' blocks, delivers them, and empties the pass. As alone, a
+    /// pass of at most four or eight lanes is computed in the narrower forms, whose cost
+    /// is about the latency of twenty rounds rather than their work.
     #[target_feature(enable = "avx512f,avx512vl")]
     fn run(&mut self, words: &[u32; 16], buf: &mut [u8], keys: &mut [[u8; 32]]) {
-        let mut init = [_mm512_setzero_si512(); 16];
-        for (v, &w) in init.iter_mut().zip(&words[..12]) {
-            *v = _mm512_set1_epi32(w as i32);
+        let mut ks = [_mm512_setzero_si512(); 16];
+        if self.lanes <= 4 {
+            // Row 3 of lane l: its counter and nonce words, from the vertical registers.
+            let mut vertical = [[0u32; 16]; 4];
+            for (out, v) in vertical
+                .iter_mut()
+                .zip([self.counters].iter().chain(&self.nonces))
+            {
+                // SAFETY: `out` is 64 writable bytes; `storeu` has no alignment requirement.
+                unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), *v) };
+            }
+            let row3: [u32; 16] = std::array::from_fn(|i| vertical[i % 4][i / 4]);
+            let row = |i: usize| row_of(words, i);
+            // SAFETY: `row3` is 64 readable bytes; `loadu` has no alignment requirement.
+            let d = unsafe { _mm512_loadu_si512(row3.as_ptr().cast()) };
+            ks[..4].copy_from_slice(&rows4([row(0), row(1), row(2), d]));
+        } else if self.lanes <= 8 {
+            let mut init = [_mm256_setzero_si256(); 16];
+            for (v, &w) in init.iter_mut().zip(&words[..12]) {
+                *v = _mm256_set1_epi32(w as i32);
+            }
+            init[12] = _mm512_castsi512_si256(self.counters);
+            for (v, n) in init[13..].iter_mut().zip(&self.nonces) {
+                *v = _mm512_castsi512_si256(*n);
+            }
+            ks[..8].copy_from_slice(&lanes8(init));
+        } else {
+            let mut init = [_mm512_setzero_si512(); 16];
+            for (v, &w) in init.iter_mut().zip(&words[..12]) {
+                *v = _mm512_set1_epi32(w as i32);
+            }
+            init[12] = self.counters;
+            init[13..].copy_from_slice(&self.nonces);
+            ks = lanes16(init);
         }
-        init[12] = self.counters;
-        init[13..].copy_from_slice(&self.nonces);
-        let ks = lanes16(init);
         for run in &self.runs[..self.n_runs] {
             let mut ks = &ks[run.lane..run.lane + run.count];
             let mut counter = run.counter;
