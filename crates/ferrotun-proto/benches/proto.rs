@@ -9,6 +9,10 @@
 //!   full handshake of both sides.
 //! * `lz4`: compress/decompress one 1420-byte packet of text and of random bytes.
 //! * `replay`: window check + update, in order and reordered.
+//! * `batch_44x1420`: the 44 packets of a 64 KiB TCP super-segment sealed one by one and
+//!   prepared then sealed together (`Keypair::seal_prepared`, what the send path does);
+//!   the resulting datagrams, back to back as one GRO read, opened one by one and with
+//!   `Keypair::open_many` (what the receive path does).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -320,6 +324,93 @@ fn replay(c: &mut Criterion) {
     g.finish();
 }
 
+/// Packets in the batch benchmark, their length, and the stride of the send path's slots.
+const BATCH: usize = 44;
+const BATCH_LEN: usize = 1420;
+const STRIDE: usize = 1500;
+
+fn batch(c: &mut Criterion) {
+    let mut g = c.benchmark_group(format!("batch_{BATCH}x{BATCH_LEN}"));
+    g.throughput(Throughput::Bytes((BATCH * BATCH_LEN) as u64));
+    let slot = |i: usize| i * STRIDE..(i + 1) * STRIDE;
+    for backend in available_backends() {
+        let (a, b) = keypairs(backend);
+        let mut arena = vec![0x45u8; BATCH * STRIDE];
+        g.bench_function(BenchmarkId::new(backend.name(), "seal_one_by_one"), |bch| {
+            bch.iter(|| {
+                for i in 0..BATCH {
+                    a.seal(
+                        PayloadFlags::NONE,
+                        BATCH_LEN,
+                        &mut arena[slot(i)],
+                        BATCH_LEN,
+                    )
+                    .unwrap();
+                }
+            })
+        });
+        let mut prepared = Vec::with_capacity(BATCH);
+        g.bench_function(BenchmarkId::new(backend.name(), "seal_prepared"), |bch| {
+            bch.iter(|| {
+                prepared.clear();
+                for i in 0..BATCH {
+                    let at = slot(i).start;
+                    let p = a.prepare(
+                        PayloadFlags::NONE,
+                        BATCH_LEN,
+                        &mut arena[slot(i)],
+                        BATCH_LEN,
+                        at,
+                    );
+                    prepared.push(p.unwrap());
+                }
+                a.seal_prepared(black_box(&mut arena), &prepared).unwrap();
+            })
+        });
+        // Fresh datagrams (new counters) for every round of the open benchmarks.
+        let mut datagrams = || {
+            let mut gro = Vec::with_capacity(BATCH * (BATCH_LEN + 32));
+            let mut ranges = Vec::with_capacity(BATCH);
+            for i in 0..BATCH {
+                let n = a
+                    .seal(
+                        PayloadFlags::NONE,
+                        BATCH_LEN,
+                        &mut arena[slot(i)],
+                        BATCH_LEN,
+                    )
+                    .unwrap();
+                ranges.push(gro.len()..gro.len() + n);
+                gro.extend_from_slice(&arena[slot(i)][..n]);
+            }
+            (gro, ranges)
+        };
+        g.bench_function(BenchmarkId::new(backend.name(), "open_one_by_one"), |bch| {
+            bch.iter_batched_ref(
+                &mut datagrams,
+                |(gro, ranges)| {
+                    for r in ranges.iter() {
+                        b.open(&mut gro[r.clone()]).unwrap();
+                    }
+                },
+                BatchSize::LargeInput,
+            )
+        });
+        let mut out = Vec::with_capacity(BATCH);
+        g.bench_function(BenchmarkId::new(backend.name(), "open_many"), |bch| {
+            bch.iter_batched_ref(
+                &mut datagrams,
+                |(gro, ranges)| {
+                    b.open_many(gro, ranges, &mut out);
+                    assert!(out.iter().all(Result::is_ok));
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -330,6 +421,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = seal, open, roundtrip, handshake, lz4, replay
+    targets = seal, open, roundtrip, handshake, lz4, replay, batch
 }
 criterion_main!(benches);

@@ -130,8 +130,9 @@ impl Prepared {
 /// lies, or why it was refused.
 pub type Opened = Result<(PayloadFlags, Range<usize>), TransportError>;
 
-/// Messages [`Keypair::seal_prepared`] and [`Keypair::open_many`] hand to the AEAD at once.
-const SEAL_BATCH: usize = 64;
+/// Messages [`Keypair::seal_prepared`] and [`Keypair::open_many`] hand to the AEAD at once:
+/// as many as `ferrotun-chacha` works on together.
+const SEAL_BATCH: usize = 16;
 
 /// Every byte value, so that a one-byte aad can be a `'static` slice.
 static BYTES: [u8; 256] = {
