@@ -6,6 +6,8 @@
 //! handshake messages go to the control task. Only an authenticated message changes
 //! anything: the peer's address (roaming), its timers, the MAC table.
 
+use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -17,7 +19,7 @@ use ferrotun_proto::transport::TransportError;
 use ferrotun_proto::wire::{
     DATA_HEADER_LEN, DataMessage, TYPE_COOKIE_REPLY, TYPE_DATA, TYPE_INITIATION, TYPE_RESPONSE,
 };
-use ferrotun_proto::{Keypair, Message, PayloadFlags, SessionIndex};
+use ferrotun_proto::{Keypair, Message, Opened, PayloadFlags, SessionIndex};
 
 use super::control::Inbound;
 use super::send::{Sealer, flood_to_peers};
@@ -52,6 +54,15 @@ pub struct ReceiveScratch {
     /// per message. Emptied when the batch ends ([`flush`](Self::flush)): a new table or
     /// keypair is seen from the next batch on, and nothing is kept alive between batches.
     seen: Seen,
+    /// What opening the message now being handled gave, when it was opened ahead with the
+    /// other data messages of its buffer (its payload range in the message); taken by
+    /// `receive_data`.
+    ahead: Option<Opened>,
+    /// The outcomes of a buffer's messages opened ahead, by where each starts in the
+    /// buffer, in order; and the message ranges of one run, for `Keypair::open_many`.
+    opened: VecDeque<(usize, Opened)>,
+    run: Vec<Range<usize>>,
+    outcomes: Vec<Opened>,
 }
 
 /// See [`ReceiveScratch::seen`].
@@ -116,6 +127,105 @@ impl ReceiveScratch {
                 sealer: Sealer::new(frame),
             },
             seen: Seen::default(),
+            ahead: None,
+            opened: VecDeque::with_capacity(64),
+            run: Vec::with_capacity(64),
+            outcomes: Vec::with_capacity(64),
+        }
+    }
+
+    /// The peer table this batch uses (loaded once per batch).
+    fn table(&mut self, shared: &Shared) -> Arc<PeerTable> {
+        Arc::clone(
+            self.seen
+                .table
+                .get_or_insert_with(|| shared.table.load_full()),
+        )
+    }
+
+    /// `peer`'s receiving keypair with index `receiver` (the last one looked up is kept for
+    /// the batch).
+    fn keypair(&mut self, peer: &Peer, receiver: u32) -> Option<Arc<Keypair>> {
+        match &self.seen.keypair {
+            Some((index, kp)) if *index == receiver => Some(Arc::clone(kp)),
+            _ => {
+                let keypairs = peer.recv_keypairs.load();
+                let kp = keypairs.iter().find(|k| k.local_index() == receiver)?;
+                self.seen.keypair = Some((receiver, Arc::clone(kp)));
+                Some(Arc::clone(kp))
+            }
+        }
+    }
+
+    /// Opens the data messages among the datagrams of `buf` (`stride` bytes each, the
+    /// last maybe shorter) ahead of handling them, each run of one keypair in one
+    /// [`Keypair::open_many`] call: the AEAD then works on many messages at once. Only
+    /// messages whose keypair is known and unexpired are opened; `receive_data` finds the
+    /// outcome of each through [`ReceiveScratch::take_ahead`] and handles the rest (and
+    /// every drop) itself, as it would without this.
+    fn open_ahead(&mut self, shared: &Shared, buf: &mut [u8], stride: usize) {
+        self.opened.clear();
+        let mut current: Option<(u32, Arc<Keypair>)> = None;
+        let mut at = 0;
+        while at < buf.len() {
+            let end = (at + stride).min(buf.len());
+            let kp = DataMessage::new_checked(&buf[at..end])
+                .ok()
+                .map(|m| m.receiver())
+                .and_then(|receiver| {
+                    if let Some((index, kp)) = &current
+                        && *index == receiver
+                    {
+                        return Some((receiver, Arc::clone(kp)));
+                    }
+                    let table = self.table(shared);
+                    let peer = table.get(SessionIndex::of_receiver(receiver).slot())?;
+                    let kp = self.keypair(peer, receiver)?;
+                    (self.now < kp.created() + REJECT_AFTER_TIME).then_some((receiver, kp))
+                });
+            let same = match (&kp, &current) {
+                (Some((a, _)), Some((b, _))) => a == b,
+                _ => false,
+            };
+            if !same {
+                self.open_run(buf, current.take());
+                current = kp;
+            }
+            if current.is_some() {
+                self.run.push(at..end);
+            }
+            at = end;
+        }
+        self.open_run(buf, current);
+    }
+
+    /// Opens the run of messages gathered by `open_ahead` with `kp`, and queues their
+    /// outcomes. A run of fewer than [`MIN_AHEAD`] is left to `receive_data`.
+    fn open_run(&mut self, buf: &mut [u8], kp: Option<(u32, Arc<Keypair>)>) {
+        if let Some((_, kp)) = kp
+            && self.run.len() >= MIN_AHEAD
+        {
+            kp.open_many(buf, &self.run, &mut self.outcomes);
+            for (r, o) in self.run.iter().zip(self.outcomes.drain(..)) {
+                let relative = o.map(|(f, p)| (f, p.start - r.start..p.end - r.start));
+                self.opened.push_back((r.start, relative));
+            }
+        }
+        self.run.clear();
+    }
+
+    /// Makes the outcome of the message at `at` in its buffer, if it was opened ahead, the
+    /// one `receive_data` uses.
+    fn take_ahead(&mut self, at: usize) {
+        self.ahead = None;
+        while let Some((start, _)) = self.opened.front() {
+            if *start > at {
+                break;
+            }
+            let (start, o) = self.opened.pop_front().expect("front() was Some");
+            if start == at {
+                self.ahead = Some(o);
+            }
         }
     }
 
@@ -243,6 +353,11 @@ impl ReceiveScratch {
     }
 }
 
+/// Messages of one keypair in one buffer worth opening together: fewer gain nothing from
+/// `ferrotun-chacha`'s batch code (see its `worth_batching`) and would pay the batch's
+/// bookkeeping.
+const MIN_AHEAD: usize = 4;
+
 /// Receive buffers per system call; with GRO each holds up to 64 coalesced datagrams.
 const RX_BUFFERS: usize = 8;
 /// Size of one receive buffer: the largest GRO batch the kernel hands over.
@@ -289,12 +404,14 @@ pub async fn udp_receive_path(shared: Arc<Shared>, index: usize) -> anyhow::Resu
         for (k, meta) in metas.iter().enumerate().take(n) {
             let src = Source::Udp(canonical(meta.addr));
             let stride = meta.stride.max(1);
+            scratch.open_ahead(&shared, &mut bufs[k][..meta.len], stride);
             let mut at = 0;
             while at < meta.len {
                 if scratch.must_flush() {
                     scratch.flush(&shared, writer.as_mut(), &mut bufs).await;
                 }
                 let end = (at + stride).min(meta.len);
+                scratch.take_ahead(at);
                 let dgram = &mut bufs[k][at..end];
                 if let Verdict::Deliver { start, len } =
                     receive_one(&shared, dgram, src, &mut scratch).await
@@ -405,31 +522,18 @@ async fn receive_data(
         }
     };
     let now = scratch.now;
-    let table = Arc::clone(
-        scratch
-            .seen
-            .table
-            .get_or_insert_with(|| shared.table.load_full()),
-    );
+    let table = scratch.table(shared);
     let Some(peer) = table.get(SessionIndex::of_receiver(receiver).slot()) else {
         shared.drop_packet(DropReason::UnknownIndex, || {
             format!("index {receiver:#010x} from {src}")
         });
         return Verdict::Dropped;
     };
-    let kp = match &scratch.seen.keypair {
-        Some((index, kp)) if *index == receiver => Arc::clone(kp),
-        _ => {
-            let keypairs = peer.recv_keypairs.load();
-            let Some(kp) = keypairs.iter().find(|k| k.local_index() == receiver) else {
-                shared.drop_packet(DropReason::UnknownIndex, || {
-                    format!("index {receiver:#010x} from {src}")
-                });
-                return Verdict::Dropped;
-            };
-            scratch.seen.keypair = Some((receiver, Arc::clone(kp)));
-            Arc::clone(kp)
-        }
+    let Some(kp) = scratch.keypair(peer, receiver) else {
+        shared.drop_packet(DropReason::UnknownIndex, || {
+            format!("index {receiver:#010x} from {src}")
+        });
+        return Verdict::Dropped;
     };
     if now >= kp.created() + REJECT_AFTER_TIME {
         shared.drop_for(peer, DropReason::KeyExpired, || {
@@ -437,7 +541,9 @@ async fn receive_data(
         });
         return Verdict::Dropped;
     }
-    let (flags, range) = match kp.open(buf) {
+    // Opened already with the rest of its buffer (see `ReceiveScratch::open_ahead`), or now.
+    let opened = scratch.ahead.take().unwrap_or_else(|| kp.open(buf));
+    let (flags, range) = match opened {
         Ok(r) => r,
         Err(TransportError::Replay { .. }) => {
             shared.drop_for(peer, DropReason::Replay, || {
