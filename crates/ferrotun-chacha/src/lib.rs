@@ -1,10 +1,11 @@
 //! ChaCha20-Poly1305 (RFC 8439) for x86-64 CPUs with AVX-512F, AVX-512VL and AVX-512 IFMA.
 //!
-//! Responsible for sealing and opening one message in place with a detached tag, as fast
-//! as those instruction sets allow at tunnel packet sizes: ChaCha20 runs sixteen blocks at
-//! once, one block per 32-bit lane of a 512-bit register ([`chacha`]); Poly1305 runs eight
-//! 16-byte blocks at once in radix 2^44 with the 52-bit multiply-add instructions
-//! ([`poly1305`]). Not responsible for choosing nonces, for CPUs without these features
+//! Responsible for sealing and opening messages in place with a detached tag, one at a time
+//! or a batch at once, as fast as those instruction sets allow at tunnel packet sizes:
+//! ChaCha20 runs sixteen blocks at once, one block per 32-bit lane of a 512-bit register
+//! (in a batch the blocks of several messages share a pass) ([`chacha`]); Poly1305 runs
+//! eight 16-byte blocks at once in radix 2^44 with the 52-bit multiply-add instructions,
+//! or in a batch up to sixteen messages side by side, one per lane ([`poly1305`]). Not responsible for choosing nonces, for CPUs without these features
 //! ([`ChaCha20Poly1305::new`] returns `None` there and the caller uses another backend), or
 //! for anything else of the protocol: `ferrotun-proto` wraps it behind its `Aead` trait.
 //!
@@ -228,8 +229,8 @@ impl ChaCha20Poly1305 {
     }
 
     /// The tags of a chunk's jobs under their one-time keys over their texts as `buf`
-    /// holds them now, into `tags[..jobs.len()]`. Jobs of the chunk's commonest shape
-    /// (aad and text lengths) are hashed side by side, one per lane, when there are at
+    /// holds them now, into `tags[..jobs.len()]`. Jobs of the more common of the first
+    /// and the last job's shapes (aad and text lengths) are hashed side by side, one per lane, when there are at
     /// least [`MIN_SIDE_BY_SIDE`] of them; the others one by one.
     fn tags(&self, jobs: &[Job<'_>], keys: &[[u8; 32]], buf: &[u8], tags: &mut [[u8; TAG_LEN]]) {
         let shape = |j: &Job<'_>| (j.aad.len(), j.text.len());
@@ -346,8 +347,8 @@ impl ChaCha20Poly1305 {
 }
 
 /// Overwrites `x` with `zero`s in one volatile store of the whole array, which the compiler
-/// may not drop as dead and which it emits as a few wide stores. `zeroize` writes an array
-/// one element at a time: 64 single-byte stores for a block, about 5 % of sealing a
+/// may not drop as dead and which it emits as wide stores (or, for large arrays, a copy
+/// from a zeroed stack slot). `zeroize` writes an array one element at a time: 64 single-byte stores for a block, about 5 % of sealing a
 /// 1420-byte message before this replaced it on the per-message copies.
 pub(crate) fn wipe<T: Copy, const N: usize>(x: &mut [T; N], zero: T) {
     // SAFETY: `x` is a valid, aligned, exclusive reference to an initialised `[T; N]`,

@@ -28,7 +28,11 @@
 //! costs more than it saves, and a plain Horner loop on `u64` limbs with `u128` products
 //! runs instead.
 //!
-//! Constant time: both paths are additions, shifts, masks and multiplications whose number
+//! **Side by side ([`aead_tags_lanes`]).** For a batch, up to sixteen messages of one
+//! shape are hashed at once, one message per lane of two chains of eight, each lane with
+//! its own r and plain Horner steps: no powers to build, no sum across lanes.
+//!
+//! Constant time: all three paths are additions, shifts, masks and multiplications whose number
 //! and addresses depend only on the lengths, which are public; nothing branches on or
 //! indexes memory by the key or the message, and the final reduction selects by a mask.
 
@@ -1031,16 +1035,19 @@ pub(crate) fn aead_tags_lanes(
 #[inline]
 #[target_feature(enable = "avx512f")]
 fn numbers(x: &[u128], top: u64) -> Limbs {
-    let lo: [u64; 8] = std::array::from_fn(|i| x[i] as u64);
-    let hi: [u64; 8] = std::array::from_fn(|i| (x[i] >> 64) as u64);
+    let mut lo: [u64; 8] = std::array::from_fn(|i| x[i] as u64);
+    let mut hi: [u64; 8] = std::array::from_fn(|i| (x[i] >> 64) as u64);
     // SAFETY: each array is 64 readable bytes; `loadu` has no alignment requirement.
-    let (lo, hi) = unsafe {
+    let (l, h) = unsafe {
         (
             _mm512_loadu_si512(lo.as_ptr().cast()),
             _mm512_loadu_si512(hi.as_ptr().cast()),
         )
     };
-    halves(lo, hi, splat(top))
+    // They may hold the keys' r.
+    crate::wipe(&mut lo, 0);
+    crate::wipe(&mut hi, 0);
+    halves(l, h, splat(top))
 }
 
 /// Block `data[i][at..at + 16]` of each of eight messages as limbs, message i in lane i.

@@ -364,7 +364,8 @@ fn batch(c: &mut Criterion) {
                     );
                     prepared.push(p.unwrap());
                 }
-                a.seal_prepared(black_box(&mut arena), &prepared).unwrap();
+                a.seal_prepared(black_box(&mut arena), prepared.drain(..))
+                    .unwrap();
             })
         });
         // Fresh datagrams (new counters) for every round of the open benchmarks.

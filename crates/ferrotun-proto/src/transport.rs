@@ -83,6 +83,10 @@ pub enum TransportError {
     /// The keypair is older than REJECT_AFTER_TIME (whitepaper §6.1).
     #[error("keypair expired (older than REJECT_AFTER_TIME)")]
     Expired,
+    /// A message of a batch (see [`Keypair::open_many`]) does not lie in the buffer, or
+    /// overlaps one before it: the caller's mistake, refused rather than opened twice.
+    #[error("message range outside the buffer or overlapping an earlier one")]
+    Overlap,
     /// An uncompressed IP payload whose IP header does not describe a packet that fits.
     #[error("decrypted payload of {len} bytes is not an IPv4/IPv6 packet that fits")]
     MalformedInnerPacket {
@@ -109,8 +113,9 @@ pub fn padded_len(flags: PayloadFlags, len: usize, mtu: usize) -> usize {
 
 /// A message [`Keypair::prepare`]d for sealing: header written, counter taken, padding
 /// zeroed; its payload (still plaintext) and tag room lie at `text` and `tag` in the
-/// buffer it was prepared for.
-#[derive(Debug, Clone)]
+/// buffer it was prepared for. Not `Clone`: [`Keypair::seal_prepared`] takes it, so that
+/// its counter seals one message once.
+#[derive(Debug)]
 pub struct Prepared {
     counter: u64,
     flags: PayloadFlags,
@@ -298,32 +303,46 @@ impl Keypair {
 
     /// Seals messages [`Keypair::prepare`]d with this keypair, all in `buf` (each where its
     /// `at` said): the same bytes as sealing them one by one, in fewer passes of the AEAD
-    /// (see [`Aead::seal_many`]). Refuses the whole batch, touching nothing, when one does
-    /// not lie in `buf`.
-    pub fn seal_prepared(&self, buf: &mut [u8], batch: &[Prepared]) -> Result<(), TransportError> {
+    /// (see [`Aead::seal_many`]). It takes the messages, so none can be sealed twice (a
+    /// second seal under the same counter would undo the first). An error means a message
+    /// did not lie in `buf`; some of the others may then be sealed and some not, so the
+    /// caller sends none of them.
+    pub fn seal_prepared(
+        &self,
+        buf: &mut [u8],
+        batch: impl IntoIterator<Item = Prepared>,
+    ) -> Result<(), TransportError> {
         let mut jobs: [SealJob<'static>; SEAL_BATCH] = std::array::from_fn(|_| SealJob {
             counter: 0,
             aad: &[],
             text: 0..0,
             tag: 0,
         });
-        for chunk in batch.chunks(SEAL_BATCH) {
-            for (job, p) in jobs.iter_mut().zip(chunk) {
-                *job = SealJob {
-                    counter: p.counter,
-                    aad: aad_of(p.flags),
-                    text: p.text.clone(),
-                    tag: p.tag,
-                };
+        let mut n = 0;
+        for p in batch {
+            jobs[n] = SealJob {
+                counter: p.counter,
+                aad: aad_of(p.flags),
+                text: p.text,
+                tag: p.tag,
+            };
+            n += 1;
+            if n == SEAL_BATCH {
+                self.seal_jobs(buf, &jobs[..n])?;
+                n = 0;
             }
-            self.send
-                .seal_many(buf, &jobs[..chunk.len()])
-                .map_err(|_| TransportError::BufferTooSmall {
-                    need: chunk.iter().map(|p| p.tag + TAG_LEN).max().unwrap_or(0),
-                    have: buf.len(),
-                })?;
         }
-        Ok(())
+        self.seal_jobs(buf, &jobs[..n])
+    }
+
+    /// Hands `jobs` to the AEAD.
+    fn seal_jobs(&self, buf: &mut [u8], jobs: &[SealJob<'_>]) -> Result<(), TransportError> {
+        self.send
+            .seal_many(buf, jobs)
+            .map_err(|_| TransportError::BufferTooSmall {
+                need: jobs.iter().map(|j| j.tag + TAG_LEN).max().unwrap_or(0),
+                have: buf.len(),
+            })
     }
 
     /// Opens the data message `buf` (exactly one datagram) in place. Checks the counter
@@ -365,7 +384,8 @@ impl Keypair {
     /// ranges are in `buf`), with the AEAD work of all of them done in few calls (see
     /// [`Aead::open_many`]). As in `open`, counters are checked against the replay window
     /// before anything is decrypted and recorded only after authentication, in message
-    /// order, so a counter that comes twice in a batch is accepted once.
+    /// order, so a counter that comes twice in a batch is accepted once. The ranges must go
+    /// forward without overlapping; one that does not is refused ([`TransportError::Overlap`]).
     pub fn open_many(&self, buf: &mut [u8], msgs: &[Range<usize>], out: &mut Vec<Opened>) {
         out.clear();
         for chunk in msgs.chunks(SEAL_BATCH) {
@@ -386,9 +406,14 @@ impl Keypair {
         let mut n = 0;
         {
             let window = self.lock_replay();
+            // Opening in place twice would decrypt twice: ranges go forward, apart.
+            let mut free_from = 0;
             for r in msgs {
+                let apart = r.start >= free_from;
+                free_from = free_from.max(r.end);
                 let outcome = match buf.get(r.clone()).map(DataMessage::new_checked) {
-                    None => Err(TransportError::Wire(WireError::Empty)),
+                    _ if !apart => Err(TransportError::Overlap),
+                    None => Err(TransportError::Overlap),
                     Some(Err(e)) => Err(e.into()),
                     Some(Ok(msg)) => {
                         let (flags, counter) = (msg.flags(), msg.counter());
@@ -499,6 +524,7 @@ mod tests {
         let mut arena = vec![0xeeu8; lens.len() * stride];
         let mut expected = arena.clone();
         let mut prepared = Vec::new();
+        let mut lengths = Vec::new();
         for (i, (&len, &f)) in lens.iter().zip(flags).enumerate() {
             let slot = i * stride..(i + 1) * stride;
             let pkt = ipv4(len.max(20));
@@ -509,16 +535,17 @@ mod tests {
                 .prepare(f, len, &mut arena[slot.clone()], 1420, slot.start)
                 .unwrap();
             assert_eq!(p.datagram_len(), n);
+            lengths.push(n);
             prepared.push(p);
         }
-        a.seal_prepared(&mut arena, &prepared).unwrap();
+        a.seal_prepared(&mut arena, prepared).unwrap();
         assert!(
             arena == expected,
             "{backend:?}: batch differs, lens {lens:?}"
         );
-        for (i, p) in prepared.iter().enumerate() {
+        for (i, n) in lengths.into_iter().enumerate() {
             let at = i * stride;
-            let (f, r) = b.open(&mut arena[at..at + p.datagram_len()]).unwrap();
+            let (f, r) = b.open(&mut arena[at..at + n]).unwrap();
             assert_eq!(f, flags[i]);
             assert_eq!(r.len(), padded_len(f, lens[i], 1420));
         }
@@ -588,6 +615,9 @@ mod tests {
                     push(&mut buf, &seal(&stranger, 100, PayloadFlags::NONE)); // wrong index
                     push(&mut buf, &m[..20]); // too short
                 }
+                if i == 40 {
+                    push(&mut buf, &m); // the same message twice in one AEAD chunk
+                }
             }
             let mut expected = buf.clone();
             let want: Vec<Opened> = msgs
@@ -628,9 +658,25 @@ mod tests {
                 .collect();
             assert_eq!(
                 refused,
-                ["Authentication", "Replay", "WrongIndex", "Wire"],
-                "{backend:?}: corrupted, replayed, stranger's, short"
+                ["Authentication", "Replay", "WrongIndex", "Wire", "Replay"],
+                "{backend:?}: corrupted, replayed, stranger's, short, doubled"
             );
+            // A range that overlaps the one before it, or lies outside the buffer, is
+            // refused, and the first message still opens.
+            let m = seal(&a, 200, PayloadFlags::NONE);
+            let mut buf = m.clone();
+            buf.extend_from_slice(&m);
+            let n = m.len();
+            let ranges = [0..n, n - 1..2 * n - 1, 0..n, n..3 * n];
+            b.open_many(&mut buf, &ranges, &mut got);
+            assert!(got[0].is_ok(), "{backend:?}");
+            for g in &got[1..] {
+                assert_eq!(
+                    g.as_ref().err(),
+                    Some(&TransportError::Overlap),
+                    "{backend:?}"
+                );
+            }
         }
     }
 
@@ -643,7 +689,7 @@ mod tests {
             .unwrap();
         let mut buf = vec![0u8; 1100];
         assert!(matches!(
-            a.seal_prepared(&mut buf, &[p]),
+            a.seal_prepared(&mut buf, [p]),
             Err(TransportError::BufferTooSmall { .. })
         ));
         assert_eq!(buf, vec![0u8; 1100]);

@@ -3,7 +3,9 @@
 //! Reads up to [`SLOTS`] packets per wakeup (with TUN offloads, TCP super-segments cut back
 //! into packets) into one arena with a fixed stride, each with room for the data header in
 //! front and for padding and the tag behind. Each packet is routed to its peer, compressed
-//! if the peer asked for it and it shrinks, and sealed in place. Then the batch goes out:
+//! if the peer asked for it and it shrinks, and prepared in place (counter, header,
+//! padding); at the end of the batch the prepared packets are sealed together, in runs of
+//! one keypair, with the AEAD's batch code. Then the batch goes out:
 //! consecutive datagrams of one size to one UDP address leave in one `sendmsg` with UDP
 //! GSO, gathered from their slots, and TCP messages are appended to their connection. A
 //! packet for a peer without a usable keypair is staged (bounded) and the control task is
@@ -40,7 +42,7 @@ pub struct Sealer {
     /// Messages [`Sealer::prepare`]d this batch, in order, and the slot of each.
     pending: Vec<Prepared>,
     slots: Vec<usize>,
-    /// Runs of `pending` under one keypair: the index of each run's first message.
+    /// Runs of `pending` under one keypair, in order: how many messages each has.
     runs: Vec<(usize, Arc<Keypair>)>,
 }
 
@@ -98,18 +100,15 @@ impl Sealer {
         buf: &mut [u8],
         sealed: &mut [Option<(usize, PeerAddr)>],
     ) {
-        for (k, (start, kp)) in self.runs.iter().enumerate() {
-            let end = self.runs.get(k + 1).map_or(self.pending.len(), |r| r.0);
-            if let Err(e) = kp.seal_prepared(buf, &self.pending[*start..end]) {
-                for &slot in &self.slots[*start..end] {
+        for (count, kp) in self.runs.drain(..) {
+            let slots = self.slots.drain(..count);
+            if let Err(e) = kp.seal_prepared(buf, self.pending.drain(..count)) {
+                for slot in slots {
                     sealed[slot] = None;
                     shared.drop_packet(DropReason::TooBig, || format!("sealing a batch: {e}"));
                 }
             }
         }
-        self.runs.clear();
-        self.pending.clear();
-        self.slots.clear();
     }
 
     /// [`Sealer::seal`] with `batch` `None`, [`Sealer::prepare`] with its slot and offset.
@@ -157,8 +156,9 @@ impl Sealer {
             None => kp.seal(flags, payload, buf, shared.mtu),
             Some((slot, at)) => kp.prepare(flags, payload, buf, shared.mtu, at).map(|p| {
                 let n = p.datagram_len();
-                if !self.runs.last().is_some_and(|(_, k)| Arc::ptr_eq(k, kp)) {
-                    self.runs.push((self.pending.len(), Arc::clone(kp)));
+                match self.runs.last_mut() {
+                    Some((count, k)) if Arc::ptr_eq(k, kp) => *count += 1,
+                    _ => self.runs.push((1, Arc::clone(kp))),
                 }
                 self.pending.push(p);
                 self.slots.push(slot);
@@ -301,14 +301,14 @@ pub async fn send_path(shared: Arc<Shared>, index: usize) -> anyhow::Result<()> 
                     Mode::Tun => route_ip(&shared, &table, buf, len)
                         .and_then(|peer| sealer.prepare(&shared, peer, buf, len, now, i, at)),
                     Mode::Tap => {
-                        let slot = (i, at);
+                        let place = (i, at);
                         send_frame(
                             &shared,
                             &table,
                             &mut sealer,
                             buf,
                             len,
-                            slot,
+                            place,
                             &mut flood,
                             now,
                         )
@@ -402,8 +402,8 @@ fn route_ip<'t>(
 }
 
 /// TAP: a client sends everything to its server; a server switches by MAC. Frames that
-/// flood are sent from here; a unicast frame is prepared in place (batch slot and offset
-/// `slot`) and returned for the batch.
+/// flood are sent from here; a unicast frame is prepared in place and returned for the
+/// batch (`place`: its batch slot, and where that slot starts in the arena).
 #[allow(clippy::too_many_arguments)]
 async fn send_frame(
     shared: &Shared,
@@ -411,7 +411,7 @@ async fn send_frame(
     sealer: &mut Sealer,
     buf: &mut [u8],
     len: usize,
-    slot: (usize, usize),
+    place: (usize, usize),
     flood: &mut [u8],
     now: Instant,
 ) -> Option<(usize, PeerAddr)> {
@@ -421,7 +421,7 @@ async fn send_frame(
     };
     if !shared.server {
         let peer = table.peers().next()?;
-        return sealer.prepare(shared, peer, buf, len, now, slot.0, slot.1);
+        return sealer.prepare(shared, peer, buf, len, now, place.0, place.1);
     }
     shared.switch.learn(src, LOCAL, shared.stamp(now));
     let target = if switch::is_group(&dst) {
@@ -434,7 +434,7 @@ async fn send_frame(
             shared.drops.count(DropReason::Hairpin);
             None
         }
-        Some((_, Some(peer))) => sealer.prepare(shared, peer, buf, len, now, slot.0, slot.1),
+        Some((_, Some(peer))) => sealer.prepare(shared, peer, buf, len, now, place.0, place.1),
         _ => {
             flood_to_peers(shared, table, sealer, buf, len, flood, None, now).await;
             None
