@@ -157,19 +157,26 @@ impl ReceiveScratch {
         }
     }
 
-    /// Opens the data messages among the datagrams of `buf` (`stride` bytes each, the
-    /// last maybe shorter) ahead of handling them, each run of one keypair in one
-    /// [`Keypair::open_many`] call: the AEAD then works on many messages at once. Only
-    /// messages whose keypair is known and unexpired are opened; `receive_data` finds the
-    /// outcome of each through [`ReceiveScratch::take_ahead`] and handles the rest (and
-    /// every drop) itself, as it would without this.
-    fn open_ahead(&mut self, shared: &Shared, buf: &mut [u8], stride: usize) {
+    /// Opens the data messages among the messages `ranges` of `buf` (the datagrams of a
+    /// GRO read, or the frames of a TCP read; in order, apart) ahead of handling them,
+    /// each run of one keypair in one [`Keypair::open_many`] call: the AEAD then works on
+    /// many messages at once. Only messages whose keypair is known and unexpired are
+    /// opened; `receive_data` finds the outcome of each through
+    /// [`ReceiveScratch::take_ahead`] and handles the rest (and every drop) itself, as it
+    /// would without this.
+    pub fn open_ahead(
+        &mut self,
+        shared: &Shared,
+        buf: &mut [u8],
+        ranges: impl IntoIterator<Item = Range<usize>>,
+    ) {
         self.opened.clear();
         let mut current: Option<(u32, Arc<Keypair>)> = None;
-        let mut at = 0;
-        while at < buf.len() {
-            let end = (at + stride).min(buf.len());
-            let kp = DataMessage::new_checked(&buf[at..end])
+        for Range { start: at, end } in ranges {
+            let Some(msg) = buf.get(at..end) else {
+                continue;
+            };
+            let kp = DataMessage::new_checked(msg)
                 .ok()
                 .map(|m| m.receiver())
                 .and_then(|receiver| {
@@ -194,7 +201,6 @@ impl ReceiveScratch {
             if current.is_some() {
                 self.run.push(at..end);
             }
-            at = end;
         }
         self.open_run(buf, current);
     }
@@ -216,7 +222,7 @@ impl ReceiveScratch {
 
     /// Makes the outcome of the message at `at` in its buffer, if it was opened ahead, the
     /// one `receive_data` uses.
-    fn take_ahead(&mut self, at: usize) {
+    pub fn take_ahead(&mut self, at: usize) {
         self.ahead = None;
         while let Some((start, _)) = self.opened.front() {
             if *start > at {
@@ -405,7 +411,11 @@ pub async fn udp_receive_path(shared: Arc<Shared>, index: usize) -> anyhow::Resu
         for (k, meta) in metas.iter().enumerate().take(n) {
             let src = Source::Udp(canonical(meta.addr));
             let stride = meta.stride.max(1);
-            scratch.open_ahead(&shared, &mut bufs[k][..meta.len], stride);
+            let len = meta.len;
+            let datagrams = (0..len)
+                .step_by(stride)
+                .map(|at| at..(at + stride).min(len));
+            scratch.open_ahead(&shared, &mut bufs[k][..len], datagrams);
             let mut at = 0;
             while at < meta.len {
                 if scratch.must_flush() {

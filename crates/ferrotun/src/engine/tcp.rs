@@ -249,12 +249,14 @@ async fn read_loop(
         }
         scratch.begin_batch();
         let buf = decoder.buffer_mut();
+        scratch.open_ahead(shared, buf, frames.iter().cloned());
         for r in &frames {
             if scratch.must_flush() {
                 scratch
                     .flush(shared, writer.as_mut(), &mut [&mut *buf])
                     .await;
             }
+            scratch.take_ahead(r.start);
             // Garbage ends a connection; a well-formed message that is merely not
             // accepted (a client's data under keys from before our restart) does not: the
             // handshake deadline still applies to a connection that never authenticates.
