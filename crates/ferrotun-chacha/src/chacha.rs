@@ -55,9 +55,7 @@ fn state_words(key: &[u32; 8], nonce: &[u8; 12]) -> [u32; 16] {
     let mut s = [0u32; 16];
     s[..4].copy_from_slice(&SIGMA);
     s[4..12].copy_from_slice(key);
-    for (w, b) in s[13..].iter_mut().zip(nonce.chunks_exact(4)) {
-        *w = u32::from_le_bytes(b.try_into().expect("chunks_exact(4) gives 4 bytes"));
-    }
+    s[13..].copy_from_slice(&nonce_words(nonce));
     s
 }
 

@@ -5,7 +5,8 @@
 //! ChaCha20 runs sixteen blocks at once, one block per 32-bit lane of a 512-bit register
 //! (in a batch the blocks of several messages share a pass) ([`chacha`]); Poly1305 runs
 //! eight 16-byte blocks at once in radix 2^44 with the 52-bit multiply-add instructions,
-//! or in a batch up to sixteen messages side by side, one per lane ([`poly1305`]). Not responsible for choosing nonces, for CPUs without these features
+//! or in a batch up to sixteen messages side by side, one per lane ([`poly1305`]). Not
+//! responsible for choosing nonces, for CPUs without these features
 //! ([`ChaCha20Poly1305::new`] returns `None` there and the caller uses another backend), or
 //! for anything else of the protocol: `ferrotun-proto` wraps it behind its `Aead` trait.
 //!
@@ -229,24 +230,15 @@ impl ChaCha20Poly1305 {
     }
 
     /// The tags of a chunk's jobs under their one-time keys over their texts as `buf`
-    /// holds them now, into `tags[..jobs.len()]`. Jobs of the more common of the first
-    /// and the last job's shapes (aad and text lengths) are hashed side by side, one per lane, when there are at
-    /// least [`MIN_SIDE_BY_SIDE`] of them; the others one by one.
+    /// holds them now, into `tags[..jobs.len()]`. Jobs of the chunk's [`common_shape`] are
+    /// hashed side by side, one per lane, when there are at least [`MIN_SIDE_BY_SIDE`] of
+    /// them; the others one by one.
     fn tags(&self, jobs: &[Job<'_>], keys: &[[u8; 32]], buf: &[u8], tags: &mut [[u8; TAG_LEN]]) {
-        let shape = |j: &Job<'_>| (j.aad.len(), j.text.len());
-        let count = |s| jobs.iter().filter(|j| shape(j) == s).count();
-        let (first, last) = match (jobs.first(), jobs.last()) {
-            (Some(f), Some(l)) => (shape(f), shape(l)),
-            _ => return,
-        };
-        let common = if count(first) >= count(last) {
-            first
-        } else {
-            last
-        };
         let mut side = [0usize; CHUNK];
         let mut n = 0;
-        if count(common) >= MIN_SIDE_BY_SIDE {
+        if let Some((common, count)) = common_shape(jobs)
+            && count >= MIN_SIDE_BY_SIDE
+        {
             for (i, job) in jobs.iter().enumerate() {
                 if shape(job) == common {
                     side[n] = i;
@@ -348,8 +340,9 @@ impl ChaCha20Poly1305 {
 
 /// Overwrites `x` with `zero`s in one volatile store of the whole array, which the compiler
 /// may not drop as dead and which it emits as wide stores (or, for large arrays, a copy
-/// from a zeroed stack slot). `zeroize` writes an array one element at a time: 64 single-byte stores for a block, about 5 % of sealing a
-/// 1420-byte message before this replaced it on the per-message copies.
+/// from a zeroed stack slot). `zeroize` writes an array one element at a time: 64
+/// single-byte stores for a block, about 5 % of sealing a 1420-byte message before this
+/// replaced it on the per-message copies.
 pub(crate) fn wipe<T: Copy, const N: usize>(x: &mut [T; N], zero: T) {
     // SAFETY: `x` is a valid, aligned, exclusive reference to an initialised `[T; N]`,
     // and `[zero; N]` is a valid value of that type.
@@ -389,17 +382,25 @@ const MIN_SIDE_BY_SIDE: usize = 10;
 /// the key blocks in a pass of their own); for short messages (three blocks or fewer,
 /// whose single ChaCha20 pass is bound by latency) packing pays from four.
 fn worth_batching(jobs: &[Job<'_>]) -> bool {
-    let shape = |j: &Job<'_>| (j.aad.len(), j.text.len());
-    let short = jobs.iter().all(|j| j.text.len() <= 3 * 64);
-    match jobs.first() {
-        Some(_) if short => jobs.len() >= 4,
-        Some(first) => {
-            let last = jobs.last().map_or(shape(first), shape);
-            let count = |s| jobs.iter().filter(|j| shape(j) == s).count();
-            count(shape(first)).max(count(last)) >= MIN_SIDE_BY_SIDE
-        }
-        None => false,
+    if jobs.iter().all(|j| j.text.len() <= 3 * 64) {
+        return jobs.len() >= 4;
     }
+    common_shape(jobs).is_some_and(|(_, count)| count >= MIN_SIDE_BY_SIDE)
+}
+
+/// A job's shape: its aad and text lengths, which fix the layout of its Poly1305 input.
+fn shape(job: &Job<'_>) -> (usize, usize) {
+    (job.aad.len(), job.text.len())
+}
+
+/// The more common of the first and the last job's shapes (a batch from one TCP
+/// super-segment is full-size packets and one short one, at either end), and how many jobs
+/// have it; `None` for no jobs.
+fn common_shape(jobs: &[Job<'_>]) -> Option<((usize, usize), usize)> {
+    let count = |s| jobs.iter().filter(|j| shape(j) == s).count();
+    let (first, last) = (shape(jobs.first()?), shape(jobs.last()?));
+    let (a, b) = (count(first), count(last));
+    Some(if a >= b { (first, a) } else { (last, b) })
 }
 
 /// ChaCha20 blocks after block 0 that `len` bytes take. `check_jobs` keeps `len` a block

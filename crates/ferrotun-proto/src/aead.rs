@@ -48,7 +48,7 @@ pub trait Aead: Send + Sync {
     /// `buf[job.tag..job.tag + 16]`: the same bytes as [`Aead::seal_in_place`] job by job,
     /// which is what this default does. Refuses the whole batch, touching nothing, when a
     /// job's text or tag does not lie in `buf`.
-    fn seal_many(&self, buf: &mut [u8], jobs: &[SealJob<'_>]) -> Result<(), AeadError> {
+    fn seal_many(&self, buf: &mut [u8], jobs: &[AeadJob<'_>]) -> Result<(), AeadError> {
         check_jobs(buf.len(), jobs)?;
         for job in jobs {
             let tag = self.seal_in_place(job.counter, job.aad, &mut buf[job.text.clone()])?;
@@ -64,7 +64,7 @@ pub trait Aead: Send + Sync {
     fn open_many(
         &self,
         buf: &mut [u8],
-        jobs: &[SealJob<'_>],
+        jobs: &[AeadJob<'_>],
         opened: &mut [bool],
     ) -> Result<(), AeadError> {
         check_open(buf.len(), jobs, opened)?;
@@ -83,7 +83,7 @@ pub trait Aead: Send + Sync {
 /// One message of a batch for [`Aead::seal_many`] or [`Aead::open_many`], which seal or
 /// open messages that lie in one buffer.
 #[derive(Debug, Clone)]
-pub struct SealJob<'a> {
+pub struct AeadJob<'a> {
     /// Its counter (the nonce).
     pub counter: u64,
     /// Its associated data.
@@ -95,7 +95,7 @@ pub struct SealJob<'a> {
 }
 
 /// [`check_jobs`], and that `opened` has room for every job.
-fn check_open(len: usize, jobs: &[SealJob<'_>], opened: &[bool]) -> Result<(), AeadError> {
+fn check_open(len: usize, jobs: &[AeadJob<'_>], opened: &[bool]) -> Result<(), AeadError> {
     check_jobs(len, jobs)?;
     if opened.len() < jobs.len() {
         return Err(AeadError);
@@ -104,8 +104,8 @@ fn check_open(len: usize, jobs: &[SealJob<'_>], opened: &[bool]) -> Result<(), A
 }
 
 /// That every job's text and tag lie in a buffer of `len` bytes.
-fn check_jobs(len: usize, jobs: &[SealJob<'_>]) -> Result<(), AeadError> {
-    let fits = |j: &SealJob<'_>| {
+fn check_jobs(len: usize, jobs: &[AeadJob<'_>]) -> Result<(), AeadError> {
+    let fits = |j: &AeadJob<'_>| {
         j.text.start <= j.text.end
             && j.text.end <= len
             && j.tag.checked_add(TAG_LEN).is_some_and(|end| end <= len)
@@ -215,7 +215,7 @@ impl Aead for Avx512ChaCha {
 
     /// `ferrotun-chacha`'s batch seal, sixteen jobs at a time (what it shares passes and
     /// Poly1305 lanes among).
-    fn seal_many(&self, buf: &mut [u8], jobs: &[SealJob<'_>]) -> Result<(), AeadError> {
+    fn seal_many(&self, buf: &mut [u8], jobs: &[AeadJob<'_>]) -> Result<(), AeadError> {
         check_jobs(buf.len(), jobs)?;
         for chunk in jobs.chunks(16) {
             self.0
@@ -229,7 +229,7 @@ impl Aead for Avx512ChaCha {
     fn open_many(
         &self,
         buf: &mut [u8],
-        jobs: &[SealJob<'_>],
+        jobs: &[AeadJob<'_>],
         opened: &mut [bool],
     ) -> Result<(), AeadError> {
         check_open(buf.len(), jobs, opened)?;
@@ -244,7 +244,7 @@ impl Aead for Avx512ChaCha {
 
 /// Up to sixteen jobs in `ferrotun-chacha`'s form (the array is filled up by repeating the
 /// last job; callers take the first `chunk.len()`). `chunk` is not empty.
-fn chacha_jobs<'a>(chunk: &[SealJob<'a>]) -> [ferrotun_chacha::Job<'a>; 16] {
+fn chacha_jobs<'a>(chunk: &[AeadJob<'a>]) -> [ferrotun_chacha::Job<'a>; 16] {
     std::array::from_fn(|i| {
         let j = &chunk[i.min(chunk.len() - 1)];
         ferrotun_chacha::Job {
@@ -404,7 +404,7 @@ impl Aead for TransportAead {
         }
     }
 
-    fn seal_many(&self, buf: &mut [u8], jobs: &[SealJob<'_>]) -> Result<(), AeadError> {
+    fn seal_many(&self, buf: &mut [u8], jobs: &[AeadJob<'_>]) -> Result<(), AeadError> {
         match self {
             TransportAead::Avx512(k) => k.seal_many(buf, jobs),
             TransportAead::Ring(k) => k.seal_many(buf, jobs),
@@ -415,7 +415,7 @@ impl Aead for TransportAead {
     fn open_many(
         &self,
         buf: &mut [u8],
-        jobs: &[SealJob<'_>],
+        jobs: &[AeadJob<'_>],
         opened: &mut [bool],
     ) -> Result<(), AeadError> {
         match self {

@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use thiserror::Error;
 
-use crate::aead::{Aead, AeadBackend, SealJob, TAG_LEN, TransportAead};
+use crate::aead::{Aead, AeadBackend, AeadJob, TAG_LEN, TransportAead};
 use crate::replay::{REJECT_AFTER_MESSAGES, ReplayWindow};
 use crate::wire::{DATA_HEADER_LEN, DataMessage, PayloadFlags, WireError, data};
 
@@ -312,7 +312,7 @@ impl Keypair {
         buf: &mut [u8],
         batch: impl IntoIterator<Item = Prepared>,
     ) -> Result<(), TransportError> {
-        let mut jobs: [SealJob<'static>; SEAL_BATCH] = std::array::from_fn(|_| SealJob {
+        let mut jobs: [AeadJob<'static>; SEAL_BATCH] = std::array::from_fn(|_| AeadJob {
             counter: 0,
             aad: &[],
             text: 0..0,
@@ -320,7 +320,7 @@ impl Keypair {
         });
         let mut n = 0;
         for p in batch {
-            jobs[n] = SealJob {
+            jobs[n] = AeadJob {
                 counter: p.counter,
                 aad: aad_of(p.flags),
                 text: p.text,
@@ -336,7 +336,7 @@ impl Keypair {
     }
 
     /// Hands `jobs` to the AEAD.
-    fn seal_jobs(&self, buf: &mut [u8], jobs: &[SealJob<'_>]) -> Result<(), TransportError> {
+    fn seal_jobs(&self, buf: &mut [u8], jobs: &[AeadJob<'_>]) -> Result<(), TransportError> {
         self.send
             .seal_many(buf, jobs)
             .map_err(|_| TransportError::BufferTooSmall {
@@ -350,27 +350,13 @@ impl Keypair {
     /// after authentication. Returns the payload flags and where the (padded) plaintext
     /// lies in `buf`.
     pub fn open(&self, buf: &mut [u8]) -> Result<(PayloadFlags, Range<usize>), TransportError> {
-        let (flags, receiver, counter, payload, tag) = {
-            let msg = DataMessage::new_checked(&buf[..])?;
-            (
-                msg.flags(),
-                msg.receiver(),
-                msg.counter(),
-                msg.payload_range(),
-                *msg.tag(),
-            )
-        };
-        if receiver != self.local_index {
-            return Err(TransportError::WrongIndex {
-                got: receiver,
-                want: self.local_index,
-            });
-        }
-        if !self.lock_replay().check(counter) {
-            return Err(TransportError::Replay { counter });
-        }
+        let (flags, counter, payload) = self.check_header(buf, &self.lock_replay())?;
+        let (text, tag) = buf.split_at_mut(payload.end);
+        let tag: &[u8; TAG_LEN] = (&*tag)
+            .try_into()
+            .expect("check_header: the tag ends the message");
         self.receive
-            .open_in_place(counter, aad_of(flags), &mut buf[payload.clone()], &tag)
+            .open_in_place(counter, aad_of(flags), &mut text[payload.clone()], tag)
             .map_err(|_| TransportError::Authentication { counter })?;
         // Another thread may have accepted the same counter meanwhile: update re-checks.
         if !self.lock_replay().update(counter) {
@@ -396,7 +382,7 @@ impl Keypair {
     /// [`Keypair::open_many`] for at most [`SEAL_BATCH`] messages.
     fn open_chunk(&self, buf: &mut [u8], msgs: &[Range<usize>], out: &mut Vec<Opened>) {
         let first = out.len();
-        let mut jobs: [SealJob<'static>; SEAL_BATCH] = std::array::from_fn(|_| SealJob {
+        let mut jobs: [AeadJob<'static>; SEAL_BATCH] = std::array::from_fn(|_| AeadJob {
             counter: 0,
             aad: &[],
             text: 0..0,
@@ -411,23 +397,11 @@ impl Keypair {
             for r in msgs {
                 let apart = r.start >= free_from;
                 free_from = free_from.max(r.end);
-                let outcome = match buf.get(r.clone()).map(DataMessage::new_checked) {
-                    _ if !apart => Err(TransportError::Overlap),
-                    None => Err(TransportError::Overlap),
-                    Some(Err(e)) => Err(e.into()),
-                    Some(Ok(msg)) => {
-                        let (flags, counter) = (msg.flags(), msg.counter());
-                        let payload = msg.payload_range();
-                        if msg.receiver() != self.local_index {
-                            Err(TransportError::WrongIndex {
-                                got: msg.receiver(),
-                                want: self.local_index,
-                            })
-                        } else if !window.check(counter) {
-                            Err(TransportError::Replay { counter })
-                        } else {
-                            let text = r.start + payload.start..r.start + payload.end;
-                            jobs[n] = SealJob {
+                let outcome = match buf.get(r.clone()) {
+                    Some(msg) if apart => {
+                        self.check_header(msg, &window).map(|(flags, counter, p)| {
+                            let text = r.start + p.start..r.start + p.end;
+                            jobs[n] = AeadJob {
                                 counter,
                                 aad: aad_of(flags),
                                 tag: text.end,
@@ -435,9 +409,10 @@ impl Keypair {
                             };
                             which[n] = out.len();
                             n += 1;
-                            Ok((flags, text))
-                        }
+                            (flags, text)
+                        })
                     }
+                    _ => Err(TransportError::Overlap),
                 };
                 out.push(outcome);
             }
@@ -461,6 +436,28 @@ impl Keypair {
             }
         }
         debug_assert_eq!(out.len() - first, msgs.len());
+    }
+
+    /// The checks of a data message `msg` before anything is decrypted: well-formed,
+    /// addressed to this keypair, its counter new to `window`. Returns its payload flags,
+    /// counter and payload range (the tag follows the payload and ends `msg`).
+    fn check_header(
+        &self,
+        msg: &[u8],
+        window: &ReplayWindow,
+    ) -> Result<(PayloadFlags, u64, Range<usize>), TransportError> {
+        let msg = DataMessage::new_checked(msg)?;
+        let counter = msg.counter();
+        if msg.receiver() != self.local_index {
+            return Err(TransportError::WrongIndex {
+                got: msg.receiver(),
+                want: self.local_index,
+            });
+        }
+        if !window.check(counter) {
+            return Err(TransportError::Replay { counter });
+        }
+        Ok((msg.flags(), counter, msg.payload_range()))
     }
 
     /// The receive window; a poisoned lock is recovered because every window operation

@@ -24,7 +24,7 @@ use ferrotun_proto::{Keypair, Message, Opened, PayloadFlags, SessionIndex};
 use super::control::Inbound;
 use super::send::{Sealer, flood_to_peers};
 use super::switch::{self, LOCAL};
-use super::{PeerTable, Shared, Source, TRAILER, Turn, canonical};
+use super::{PeerTable, Shared, Source, Turn, canonical};
 use crate::peer::Peer;
 use crate::routing::ip_source;
 use crate::stats::DropReason;
@@ -112,7 +112,7 @@ impl ReceiveScratch {
     /// through one queue).
     pub fn new(shared: &Shared, queue: usize) -> ReceiveScratch {
         let frame = shared.frame_len();
-        let sealed = DATA_HEADER_LEN + frame + TRAILER;
+        let sealed = super::send::slot_len(frame);
         ReceiveScratch {
             now: Instant::now(),
             queue,

@@ -34,11 +34,19 @@ use crate::stats::DropReason;
 /// of 1420 bytes, so one fits whole.
 pub const SLOTS: usize = 64;
 
+/// Bytes a sealed frame of up to `frame` bytes takes: header, frame, padding and tag. The
+/// send path's batch slots are this long.
+pub fn slot_len(frame: usize) -> usize {
+    DATA_HEADER_LEN + frame + TRAILER
+}
+
 /// Per-task state for sealing: compressors of the peers that compress, scratch, and the
 /// messages of the current batch that wait to be sealed together.
 pub struct Sealer {
     compressors: HashMap<u32, Compressor>,
     scratch: Vec<u8>,
+    /// [`slot_len`] of the frame size: where batch slot `i` starts in the batch's buffer.
+    stride: usize,
     /// Messages [`Sealer::prepare`]d this batch, in order, and the slot of each.
     pending: Vec<Prepared>,
     slots: Vec<usize>,
@@ -52,6 +60,7 @@ impl Sealer {
         Sealer {
             compressors: HashMap::new(),
             scratch: vec![0u8; ferrotun_proto::compress::compress_bound(frame) + 64],
+            stride: slot_len(frame),
             pending: Vec::with_capacity(SLOTS),
             slots: Vec::with_capacity(SLOTS),
             runs: Vec::new(),
@@ -75,9 +84,9 @@ impl Sealer {
 
     /// As [`Sealer::seal`], but the encryption waits for [`Sealer::finish`], which seals
     /// all messages prepared since in a few AEAD calls (see
-    /// [`Keypair::seal_prepared`]). `buf` is batch slot `slot`, at `at` in the buffer
-    /// `finish` gets; until then it holds the header and the padded plaintext.
-    #[allow(clippy::too_many_arguments)]
+    /// [`Keypair::seal_prepared`]). `buf` is batch slot `slot` (at `slot` times
+    /// [`slot_len`] in the buffer `finish` gets); until then it holds the header and the
+    /// padded plaintext.
     pub fn prepare(
         &mut self,
         shared: &Shared,
@@ -86,9 +95,8 @@ impl Sealer {
         len: usize,
         now: Instant,
         slot: usize,
-        at: usize,
     ) -> Option<(usize, PeerAddr)> {
-        self.seal_or_prepare(shared, peer, buf, len, now, true, Some((slot, at)))
+        self.seal_or_prepare(shared, peer, buf, len, now, true, Some(slot))
     }
 
     /// Seals the messages prepared since the last call, in `buf`. A run that cannot be
@@ -111,7 +119,7 @@ impl Sealer {
         }
     }
 
-    /// [`Sealer::seal`] with `batch` `None`, [`Sealer::prepare`] with its slot and offset.
+    /// [`Sealer::seal`] with `slot` `None`, [`Sealer::prepare`] with its slot.
     #[allow(clippy::too_many_arguments)]
     fn seal_or_prepare(
         &mut self,
@@ -121,7 +129,7 @@ impl Sealer {
         len: usize,
         now: Instant,
         compress: bool,
-        batch: Option<(usize, usize)>,
+        slot: Option<usize>,
     ) -> Option<(usize, PeerAddr)> {
         let Some(ep) = peer.endpoint() else {
             shared.drop_for(peer, DropReason::NoEndpoint, || {
@@ -152,18 +160,21 @@ impl Sealer {
                 flags = flags.union(PayloadFlags::COMPRESSED);
             }
         }
-        let sealed = match batch {
+        let sealed = match slot {
             None => kp.seal(flags, payload, buf, shared.mtu),
-            Some((slot, at)) => kp.prepare(flags, payload, buf, shared.mtu, at).map(|p| {
-                let n = p.datagram_len();
-                match self.runs.last_mut() {
-                    Some((count, k)) if Arc::ptr_eq(k, kp) => *count += 1,
-                    _ => self.runs.push((1, Arc::clone(kp))),
-                }
-                self.pending.push(p);
-                self.slots.push(slot);
-                n
-            }),
+            Some(slot) => {
+                let at = slot * self.stride;
+                kp.prepare(flags, payload, buf, shared.mtu, at).map(|p| {
+                    let n = p.datagram_len();
+                    match self.runs.last_mut() {
+                        Some((count, k)) if Arc::ptr_eq(k, kp) => *count += 1,
+                        _ => self.runs.push((1, Arc::clone(kp))),
+                    }
+                    self.pending.push(p);
+                    self.slots.push(slot);
+                    n
+                })
+            }
         };
         match sealed {
             Ok(n) => {
@@ -237,7 +248,7 @@ fn stage(shared: &Shared, peer: &Peer, buf: &[u8], len: usize) {
 /// `index`.
 pub async fn send_path(shared: Arc<Shared>, index: usize) -> anyhow::Result<()> {
     let frame = shared.frame_len();
-    let stride = DATA_HEADER_LEN + frame + TRAILER;
+    let stride = slot_len(frame);
     let mut arena = vec![0u8; SLOTS * stride];
     let mut lens = [0usize; SLOTS];
     let mut sealed: Vec<Option<(usize, PeerAddr)>> = Vec::with_capacity(SLOTS);
@@ -296,23 +307,11 @@ pub async fn send_path(shared: Arc<Shared>, index: usize) -> anyhow::Result<()> 
                 });
                 None
             } else {
-                let at = i * stride;
                 match shared.mode {
                     Mode::Tun => route_ip(&shared, &table, buf, len)
-                        .and_then(|peer| sealer.prepare(&shared, peer, buf, len, now, i, at)),
+                        .and_then(|peer| sealer.prepare(&shared, peer, buf, len, now, i)),
                     Mode::Tap => {
-                        let place = (i, at);
-                        send_frame(
-                            &shared,
-                            &table,
-                            &mut sealer,
-                            buf,
-                            len,
-                            place,
-                            &mut flood,
-                            now,
-                        )
-                        .await
+                        send_frame(&shared, &table, &mut sealer, buf, len, i, &mut flood, now).await
                     }
                 }
             };
@@ -402,8 +401,8 @@ fn route_ip<'t>(
 }
 
 /// TAP: a client sends everything to its server; a server switches by MAC. Frames that
-/// flood are sent from here; a unicast frame is prepared in place and returned for the
-/// batch (`place`: its batch slot, and where that slot starts in the arena).
+/// flood are sent from here; a unicast frame is prepared in place (batch slot `slot`) and
+/// returned for the batch.
 #[allow(clippy::too_many_arguments)]
 async fn send_frame(
     shared: &Shared,
@@ -411,7 +410,7 @@ async fn send_frame(
     sealer: &mut Sealer,
     buf: &mut [u8],
     len: usize,
-    place: (usize, usize),
+    slot: usize,
     flood: &mut [u8],
     now: Instant,
 ) -> Option<(usize, PeerAddr)> {
@@ -421,7 +420,7 @@ async fn send_frame(
     };
     if !shared.server {
         let peer = table.peers().next()?;
-        return sealer.prepare(shared, peer, buf, len, now, place.0, place.1);
+        return sealer.prepare(shared, peer, buf, len, now, slot);
     }
     shared.switch.learn(src, LOCAL, shared.stamp(now));
     let target = if switch::is_group(&dst) {
@@ -434,7 +433,7 @@ async fn send_frame(
             shared.drops.count(DropReason::Hairpin);
             None
         }
-        Some((_, Some(peer))) => sealer.prepare(shared, peer, buf, len, now, place.0, place.1),
+        Some((_, Some(peer))) => sealer.prepare(shared, peer, buf, len, now, slot),
         _ => {
             flood_to_peers(shared, table, sealer, buf, len, flood, None, now).await;
             None
