@@ -525,12 +525,15 @@ fn emit(packet: &[u8], split: &mut Split, out: &mut [u8]) -> Result<(usize, bool
             let Some(out) = out.get_mut(..len) else {
                 return Err(len);
             };
-            out.copy_from_slice(packet);
             if let Some((start, off)) = *csum {
                 // The field holds the pseudo-header sum; summing over it completes it.
-                let c = checksum::finish(checksum::sum(&out[start..]));
+                out[..start].copy_from_slice(&packet[..start]);
+                let s = checksum::copy_and_sum(&mut out[start..], &packet[start..]);
+                let c = checksum::finish(s);
                 let c = if c == 0 { 0xffff } else { c };
                 put16(out, start + off..start + off + 2, c);
+            } else {
+                out.copy_from_slice(packet);
             }
             split.index = 1;
             Ok((len, true))
@@ -544,7 +547,8 @@ fn emit(packet: &[u8], split: &mut Split, out: &mut [u8]) -> Result<(usize, bool
             let last = s.next + payload >= split.len;
             let first = split.index == 0;
             out[..s.hdr_len].copy_from_slice(&packet[..s.hdr_len]);
-            out[s.hdr_len..].copy_from_slice(&packet[s.next..s.next + payload]);
+            let payload_sum =
+                checksum::copy_and_sum(&mut out[s.hdr_len..], &packet[s.next..s.next + payload]);
             let (l3, l4) = (s.l3, s.l4);
             if s.v6 {
                 put16(
@@ -574,9 +578,12 @@ fn emit(packet: &[u8], split: &mut Split, out: &mut [u8]) -> Result<(usize, bool
                 (PROTO_UDP, at(l4, UDP_CHECKSUM))
             };
             put16(out, csum_at.clone(), 0);
+            // The transport header's length is even (a multiple of 4 for TCP, 8 for
+            // UDP), so its sum and the payload's add up to the sum of the whole.
+            debug_assert_eq!((s.hdr_len - l4) % 2, 0);
             let s_sum = checksum::add(
                 pseudo_header(&out[l3..], s.v6, protocol, total - l4),
-                checksum::sum(&out[l4..]),
+                checksum::add(checksum::sum(&out[l4..s.hdr_len]), payload_sum),
             );
             let c = checksum::finish(s_sum);
             let c = if c == 0 && protocol == PROTO_UDP {
