@@ -4,7 +4,7 @@
 //! All methods take `&self`, so one task may read while another writes on the same queue
 //! (share it in an `Arc`). Buffers are the caller's; nothing here allocates per packet.
 
-use std::io;
+use std::io::{self, IoSlice};
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -84,6 +84,14 @@ impl AsyncQueue {
     pub async fn send(&self, packet: &[u8]) -> io::Result<usize> {
         self.inner
             .async_io(Interest::WRITABLE, |q| q.send(packet))
+            .await
+    }
+
+    /// Writes one packet given in parts ([`Queue::send_vectored`]), waiting if the kernel
+    /// pushes back.
+    pub async fn send_vectored(&self, parts: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.inner
+            .async_io(Interest::WRITABLE, |q| q.send_vectored(parts))
             .await
     }
 

@@ -10,7 +10,7 @@
 //!
 //! This module does not configure addresses or routes: see [`crate::Link`].
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -571,6 +571,25 @@ impl Queue {
             // SAFETY: `packet` is valid for reads of its length for the whole call.
             let n =
                 unsafe { libc::write(self.fd.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Writes one packet (or frame) given in parts, with one `writev`: the kernel joins
+    /// them. At most 1024 parts (`UIO_MAXIOV`).
+    pub fn send_vectored(&self, parts: &[IoSlice<'_>]) -> io::Result<usize> {
+        let count = libc::c_int::try_from(parts.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many parts"))?;
+        loop {
+            // SAFETY: `IoSlice` is ABI-compatible with `struct iovec` (std documents it),
+            // and every part is valid for reads of its length for the whole call.
+            let n = unsafe { libc::writev(self.fd.as_raw_fd(), parts.as_ptr().cast(), count) };
             if n >= 0 {
                 return Ok(n as usize);
             }

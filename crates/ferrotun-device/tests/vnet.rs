@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use ferrotun_device::vnet::{self, Error, MAX_SEGMENTS, Offloads, Reader, Writer};
 use proptest::prelude::*;
+use vnet_support::coalesce;
 use vnet_support::packets::*;
 
 const HEADROOM: usize = 16;
@@ -42,31 +43,6 @@ fn split(reader: &mut Reader, frame: &[u8], batch: usize) -> Vec<Vec<u8>> {
 /// Splits a frame with a fresh reader in one big batch.
 fn resplit(frame: &[u8]) -> Vec<Vec<u8>> {
     split(&mut Reader::new(), frame, 256)
-}
-
-/// Runs `packets` through a writer and returns the frames it would write.
-fn coalesce(writer: &mut Writer, packets: &[Vec<u8>], offset: usize) -> Vec<Vec<u8>> {
-    let mut bufs: Vec<Vec<u8>> = packets
-        .iter()
-        .map(|p| {
-            let mut b = vec![0x5au8; offset];
-            b.extend_from_slice(p);
-            b
-        })
-        .collect();
-    let lens: Vec<usize> = packets.iter().map(|p| p.len()).collect();
-    writer.prepare(&mut bufs, offset, &lens).unwrap();
-    let mut frames = Vec::new();
-    while let Some(f) = writer.next_frame(&mut bufs, offset) {
-        frames.push(f.to_vec());
-    }
-    for (b, p) in bufs.iter().zip(packets) {
-        assert_eq!(&b[offset..], &p[..], "the writer changed a caller's packet");
-        if offset >= VNET {
-            assert!(b[..offset - VNET].iter().all(|&x| x == 0x5a));
-        }
-    }
-    frames
 }
 
 /// Checks a frame from the writer: a merged super-segment has a coherent header and a

@@ -15,6 +15,7 @@ use ferrotun_device::vnet::{
     self, Error, Layer, MAX_ETHERNET_HEADER, MAX_SEGMENTS, MAX_VLAN_TAGS, Offloads, Reader, Writer,
 };
 use proptest::prelude::*;
+use vnet_support::coalesce;
 use vnet_support::packets::*;
 
 const HEADROOM: usize = 16;
@@ -55,32 +56,6 @@ fn split(reader: &mut Reader, frame: &[u8], batch: usize) -> Vec<Vec<u8>> {
 /// Splits a frame with a fresh TAP reader in one big batch.
 fn resplit(frame: &[u8]) -> Vec<Vec<u8>> {
     split(&mut tap_reader(), frame, 256)
-}
-
-/// Runs `frames` through a writer and returns the frames it would write, checking that
-/// the caller's bytes stay as they were.
-fn coalesce(writer: &mut Writer, frames: &[Vec<u8>], offset: usize) -> Vec<Vec<u8>> {
-    let mut bufs: Vec<Vec<u8>> = frames
-        .iter()
-        .map(|p| {
-            let mut b = vec![0x5au8; offset];
-            b.extend_from_slice(p);
-            b
-        })
-        .collect();
-    let lens: Vec<usize> = frames.iter().map(|p| p.len()).collect();
-    writer.prepare(&mut bufs, offset, &lens).unwrap();
-    let mut out = Vec::new();
-    while let Some(f) = writer.next_frame(&mut bufs, offset) {
-        out.push(f.to_vec());
-    }
-    for (b, p) in bufs.iter().zip(frames) {
-        assert_eq!(&b[offset..], &p[..], "the writer changed a caller's frame");
-        if offset >= VNET {
-            assert!(b[..offset - VNET].iter().all(|&x| x == 0x5a));
-        }
-    }
-    out
 }
 
 /// Checks a frame from the writer: a merged super-segment has a virtio-net header whose

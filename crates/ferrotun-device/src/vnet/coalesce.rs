@@ -43,7 +43,7 @@
 //! [`MAX_VLAN_TAGS`](crate::vnet::MAX_VLAN_TAGS) tags, an EtherType that disagrees with
 //! the IP version) are written alone and close nothing.
 
-use std::io;
+use std::io::{self, IoSlice};
 
 use crate::asyncio::AsyncQueue;
 use crate::tun::{Queue, VNET_HDR_LEN};
@@ -86,13 +86,17 @@ pub struct WriterStats {
 /// merge.
 ///
 /// One writer belongs to the task that writes a queue. It owns a 64 KiB scratch area in
-/// which merged packets are built, and small tables reused from batch to batch.
+/// which [`next_frame`](Self::next_frame) builds merged packets, and small tables reused
+/// from batch to batch.
 ///
 /// A packet that is written alone is not copied: its virtio-net header goes into the 10
 /// bytes before `offset` in the caller's buffer (when `offset` is at least
-/// [`VNET_HDR_LEN`]; with less headroom it is copied to the scratch area first). The
-/// packet bytes themselves are never changed.
-#[derive(Debug)]
+/// [`VNET_HDR_LEN`]; with less headroom it is copied to the scratch area first).
+/// `next_frame` never changes the packet bytes. [`send_batch`](Self::send_batch) does
+/// not copy merged packets either: it writes each as parts
+/// ([`next_frame_parts`](Self::next_frame_parts)), after rewriting the headers of its
+/// first packet in place.
+#[derive(Debug, Clone)]
 pub struct Writer {
     offloads: Offloads,
     layer: Layer,
@@ -239,7 +243,8 @@ impl Writer {
     }
 
     /// Writes the packets `packets[i][offset..offset + lens[i]]` into the device, merged
-    /// where the rules allow, waiting whenever the kernel pushes back. Every frame is
+    /// where the rules allow, waiting whenever the kernel pushes back. The headers of a
+    /// merged frame's first packet are left as the merged packet's. Every frame is
     /// attempted; the first write error is returned after the rest were written (a
     /// device that went away fails them all).
     ///
@@ -260,8 +265,12 @@ impl Writer {
         self.prepare(packets, offset, lens)?;
         let mut first_err = None;
         let mut errors = 0;
-        while let Some(frame) = self.next_frame(packets, offset) {
-            if let Err(e) = queue.send(frame).await {
+        loop {
+            let mut parts = [IoSlice::new(&[]); MAX_SEGMENTS];
+            let Some(frame) = self.next_frame_parts(packets, offset, &mut parts) else {
+                break;
+            };
+            if let Err(e) = queue.send_vectored(frame).await {
                 errors += 1;
                 first_err.get_or_insert(e);
             }
@@ -281,8 +290,12 @@ impl Writer {
         self.prepare(packets, offset, lens)?;
         let mut first_err = None;
         let mut errors = 0;
-        while let Some(frame) = self.next_frame(packets, offset) {
-            if let Err(e) = queue.send(frame) {
+        loop {
+            let mut parts = [IoSlice::new(&[]); MAX_SEGMENTS];
+            let Some(frame) = self.next_frame_parts(packets, offset, &mut parts) else {
+                break;
+            };
+            if let Err(e) = queue.send_vectored(frame) {
                 errors += 1;
                 first_err.get_or_insert(e);
             }
@@ -575,50 +588,117 @@ impl Writer {
             m = member.next;
         }
         debug_assert_eq!(pos - VNET_HDR_LEN, merge.total);
-        let total = pos - VNET_HDR_LEN;
-        let (l3, l4) = (merge.l3, merge.l4);
-        let p = &mut scratch[VNET_HDR_LEN..pos];
-        if merge.v6 {
-            put16(
-                p,
-                at(l3, IPV6_PAYLOAD_LEN),
-                (total - l3 - IPV6_HEADER_LEN) as u16,
-            );
-        } else {
-            put16(p, at(l3, IPV4_TOTAL_LEN), (total - l3) as u16);
-            set_ipv4_checksum(&mut p[l3..l4]);
-        }
-        // The checksum field gets the pseudo-header sum, not complemented, as the kernel
-        // leaves it for CHECKSUM_PARTIAL (`tcp_v4_send_check()`, `udp4_hwcsum()`).
-        let (protocol, csum_at, gso) = if merge.tcp {
-            if merge.psh {
-                p[l4 + TCP_FLAGS] |= TCP_PSH;
-            }
-            let gso = if merge.v6 {
-                GsoType::TcpV6
-            } else {
-                GsoType::TcpV4
-            };
-            (PROTO_TCP, at(l4, TCP_CHECKSUM), gso)
-        } else {
-            put16(p, at(l4, UDP_LEN), (total - l4) as u16);
-            (PROTO_UDP, at(l4, UDP_CHECKSUM), GsoType::UdpL4)
-        };
-        let pseudo = pseudo_header(&p[l3..], merge.v6, protocol, total - l4);
-        put16(p, csum_at.clone(), pseudo as u16);
-        HeaderRepr {
-            needs_csum: true,
-            data_valid: false,
-            gso,
-            ecn: false,
-            hdr_len: hdr_len as u16,
-            gso_size: merge.gso_size as u16,
-            csum_start: l4 as u16,
-            csum_offset: csum_at.start.wrapping_sub(l4) as u16,
-        }
-        .emit_into(scratch);
+        finish_merged(&merge, &mut scratch[..VNET_HDR_LEN + hdr_len]);
         Some(&self.scratch[..pos])
     }
+
+    /// The next frame of the prepared batch, as [`next_frame`](Self::next_frame) gives
+    /// it, but as the parts of one gather write (`writev`): a merged super-segment is not
+    /// copied together. Its first packet's headers are rewritten in place for the merged
+    /// packet, with the virtio-net header in the [`VNET_HDR_LEN`] bytes before `offset`;
+    /// the first part runs from there to the end of the first packet, and each further
+    /// part is another packet's payload. Merged frames are copied as by `next_frame` only
+    /// when `offset` leaves no room for the header. At most [`MAX_SEGMENTS`] parts.
+    pub fn next_frame_parts<'a, 'p, B: AsMut<[u8]>>(
+        &'a mut self,
+        packets: &'a mut [B],
+        offset: usize,
+        parts: &'p mut [IoSlice<'a>; MAX_SEGMENTS],
+    ) -> Option<&'p [IoSlice<'a>]> {
+        let item = *self.items.get(self.cursor)?;
+        let merge = match item.merge {
+            Some(m) if item.count > 1 && offset >= VNET_HDR_LEN => m,
+            _ => {
+                parts[0] = IoSlice::new(self.next_frame(packets, offset)?);
+                return Some(&parts[..1]);
+            }
+        };
+        self.cursor += 1;
+        self.stats.frames += 1;
+        self.stats.merged_frames += 1;
+        self.stats.merged_packets += u64::from(item.count);
+        let hdr_len = merge.hdr_len;
+        // Members are chained in the order of their indices, so one pass over the
+        // buffers takes them all, each borrowed for as long as the parts live.
+        let mut n = 0;
+        let mut next = item.first;
+        for (i, buf) in packets.iter_mut().enumerate() {
+            if i as u32 != next {
+                continue;
+            }
+            let member = self.members[i];
+            let buf: &'a mut [u8] = buf.as_mut();
+            let end = offset + member.len as usize;
+            let part = if n == 0 {
+                let frame = &mut buf[offset - VNET_HDR_LEN..end];
+                finish_merged(&merge, &mut frame[..VNET_HDR_LEN + hdr_len]);
+                &*frame
+            } else {
+                &buf[offset + hdr_len..end]
+            };
+            parts[n] = IoSlice::new(part);
+            n += 1;
+            next = member.next;
+            if next == NONE {
+                break;
+            }
+        }
+        debug_assert_eq!(next, NONE, "every member taken");
+        debug_assert_eq!(
+            parts[..n].iter().map(|p| p.len()).sum::<usize>(),
+            VNET_HDR_LEN + merge.total
+        );
+        Some(&parts[..n])
+    }
+}
+
+/// Turns the first packet's headers into the merged packet's, in `frame`: the virtio-net
+/// header (written here) and the packet's headers after it (`VNET_HDR_LEN + hdr_len`
+/// bytes). Sets the IP length (and the IPv4 header checksum), PSH if the last segment had
+/// it, and the transport checksum field to the pseudo-header sum, for the kernel to
+/// complete.
+fn finish_merged(merge: &Merge, frame: &mut [u8]) {
+    let (l3, l4, total) = (merge.l3, merge.l4, merge.total);
+    let (vnet, p) = frame.split_at_mut(VNET_HDR_LEN);
+    if merge.v6 {
+        put16(
+            p,
+            at(l3, IPV6_PAYLOAD_LEN),
+            (total - l3 - IPV6_HEADER_LEN) as u16,
+        );
+    } else {
+        put16(p, at(l3, IPV4_TOTAL_LEN), (total - l3) as u16);
+        set_ipv4_checksum(&mut p[l3..l4]);
+    }
+    // The checksum field gets the pseudo-header sum, not complemented, as the kernel
+    // leaves it for CHECKSUM_PARTIAL (`tcp_v4_send_check()`, `udp4_hwcsum()`).
+    let (protocol, csum_at, gso) = if merge.tcp {
+        if merge.psh {
+            p[l4 + TCP_FLAGS] |= TCP_PSH;
+        }
+        let gso = if merge.v6 {
+            GsoType::TcpV6
+        } else {
+            GsoType::TcpV4
+        };
+        (PROTO_TCP, at(l4, TCP_CHECKSUM), gso)
+    } else {
+        put16(p, at(l4, UDP_LEN), (total - l4) as u16);
+        (PROTO_UDP, at(l4, UDP_CHECKSUM), GsoType::UdpL4)
+    };
+    let pseudo = pseudo_header(&p[l3..], merge.v6, protocol, total - l4);
+    put16(p, csum_at.clone(), pseudo as u16);
+    HeaderRepr {
+        needs_csum: true,
+        data_valid: false,
+        gso,
+        ecn: false,
+        hdr_len: merge.hdr_len as u16,
+        gso_size: merge.gso_size as u16,
+        csum_start: l4 as u16,
+        csum_offset: csum_at.start.wrapping_sub(l4) as u16,
+    }
+    .emit_into(vnet);
 }
 
 enum Append {
