@@ -6,8 +6,11 @@
 //! [`LOG_INTERVAL`] per reason, with the number suppressed since, so a flood of garbage
 //! cannot flood the log.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use crate::peer::Peer;
 
 /// How often one drop reason may log a warning.
 pub const LOG_INTERVAL: Duration = Duration::from_secs(5);
@@ -187,11 +190,133 @@ impl Traffic {
             .fetch_add(payload as u64, Ordering::Relaxed);
         self.tx_packets.fetch_add(1, Ordering::Relaxed);
     }
+
+    fn add(&self, sent: bool, t: &Tally) {
+        let (bytes, payload, packets) = if sent {
+            (&self.tx_bytes, &self.tx_payload_bytes, &self.tx_packets)
+        } else {
+            (&self.rx_bytes, &self.rx_payload_bytes, &self.rx_packets)
+        };
+        bytes.fetch_add(t.bytes, Ordering::Relaxed);
+        payload.fetch_add(t.payload, Ordering::Relaxed);
+        packets.fetch_add(t.packets, Ordering::Relaxed);
+    }
+}
+
+/// One direction of one peer's [`Traffic`], counted over a batch of packets and added to
+/// the peer's counters when the peer changes or the batch ends ([`Tally::flush`]): three
+/// atomic additions per batch rather than per packet. (Per packet they were about 1 % of
+/// the sending process's perf samples, each a locked instruction.)
+pub struct Tally {
+    sent: bool,
+    peer: Option<Arc<Peer>>,
+    packets: u64,
+    bytes: u64,
+    payload: u64,
+}
+
+impl Tally {
+    /// A tally of packets sent to peers.
+    pub fn sent() -> Tally {
+        Tally::new(true)
+    }
+
+    /// A tally of packets received from peers.
+    pub fn received() -> Tally {
+        Tally::new(false)
+    }
+
+    fn new(sent: bool) -> Tally {
+        Tally {
+            sent,
+            peer: None,
+            packets: 0,
+            bytes: 0,
+            payload: 0,
+        }
+    }
+
+    /// Counts one packet of `len` inner bytes that took `payload` bytes on the wire.
+    pub fn count(&mut self, peer: &Arc<Peer>, len: usize, payload: usize) {
+        if !self.peer.as_ref().is_some_and(|p| Arc::ptr_eq(p, peer)) {
+            self.flush();
+            self.peer = Some(Arc::clone(peer));
+        }
+        self.packets += 1;
+        self.bytes += len as u64;
+        self.payload += payload as u64;
+    }
+
+    /// Adds what was counted to the peer's counters, and lets the peer go.
+    pub fn flush(&mut self) {
+        if let Some(peer) = self.peer.take() {
+            peer.traffic.add(self.sent, self);
+        }
+        self.packets = 0;
+        self.bytes = 0;
+        self.payload = 0;
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferrotun_device::Mode;
+    use ferrotun_proto::{AeadBackend, Identity, PrivateKey};
+
+    fn peer(slot: u32) -> Arc<Peer> {
+        let identity = Arc::new(Identity::new(PrivateKey::from_bytes([0x11; 32])));
+        let pc = crate::config::PeerConfig {
+            name: format!("p{slot}"),
+            public_key: PrivateKey::from_bytes([0x22 + slot as u8; 32]).public_key(),
+            allowed_ips: Vec::new(),
+            preshared_key: None,
+            compress: false,
+            keepalive: None,
+            file: "peer.toml".into(),
+        };
+        crate::engine::make_peer(&identity, Mode::Tun, slot, &pc, AeadBackend::Ring).unwrap()
+    }
+
+    fn tx(p: &Peer) -> [u64; 3] {
+        let t = &p.traffic;
+        [&t.tx_packets, &t.tx_bytes, &t.tx_payload_bytes].map(|c| c.load(Ordering::Relaxed))
+    }
+
+    fn rx(p: &Peer) -> [u64; 3] {
+        let t = &p.traffic;
+        [&t.rx_packets, &t.rx_bytes, &t.rx_payload_bytes].map(|c| c.load(Ordering::Relaxed))
+    }
+
+    #[test]
+    fn a_tally_adds_to_each_peer_what_it_counted_for_it() {
+        let (a, b) = (peer(0), peer(1));
+        let mut t = Tally::sent();
+        t.count(&a, 100, 60);
+        t.count(&a, 50, 50);
+        assert_eq!(
+            tx(&a),
+            [0; 3],
+            "nothing added before the peer changes or a flush"
+        );
+        t.count(&b, 10, 10);
+        assert_eq!(tx(&a), [2, 150, 110]);
+        t.count(&a, 1, 1);
+        t.flush();
+        t.flush();
+        assert_eq!(tx(&a), [3, 151, 111]);
+        assert_eq!(tx(&b), [1, 10, 10]);
+        let mut r = Tally::received();
+        r.count(&b, 7, 3);
+        r.flush();
+        assert_eq!(rx(&b), [1, 7, 3]);
+        assert_eq!((rx(&a), tx(&b)), ([0; 3], [1, 10, 10]));
+        assert_eq!(
+            Arc::strong_count(&a),
+            1,
+            "a flushed tally keeps no peer alive"
+        );
+    }
 
     #[test]
     fn every_drop_counts_but_logs_are_limited() {

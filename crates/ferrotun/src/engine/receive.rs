@@ -27,7 +27,7 @@ use super::switch::{self, LOCAL};
 use super::{PeerTable, Shared, Source, Turn, canonical};
 use crate::peer::Peer;
 use crate::routing::ip_source;
-use crate::stats::DropReason;
+use crate::stats::{DropReason, Tally};
 
 /// Scratch a receiving task needs: the packets of the current batch that wait to be
 /// written to the device, room to decompress, and to re-seal frames it switches.
@@ -63,6 +63,9 @@ pub struct ReceiveScratch {
     opened: VecDeque<(usize, Opened)>,
     run: Vec<Range<usize>>,
     outcomes: Vec<Opened>,
+    /// The traffic of this batch's packets for the device, added to their peers' counters
+    /// when the batch is flushed.
+    tally: Tally,
 }
 
 /// See [`ReceiveScratch::seen`].
@@ -128,6 +131,7 @@ impl ReceiveScratch {
             },
             seen: Seen::default(),
             ahead: None,
+            tally: Tally::received(),
             opened: VecDeque::with_capacity(64),
             run: Vec::with_capacity(64),
             outcomes: Vec::with_capacity(64),
@@ -267,6 +271,7 @@ impl ReceiveScratch {
         bufs: &mut [B],
     ) {
         self.seen = Seen::default();
+        self.tally.flush();
         if self.deliveries.is_empty() {
             return;
         }
@@ -636,14 +641,15 @@ async fn receive_data(
         Mode::Tun => match check_ip(shared, &table, peer, payload) {
             Some(n) => {
                 // An uncompressed packet's padding is not counted.
-                peer.traffic
-                    .received(n, if compressed { wire_len } else { n });
+                scratch
+                    .tally
+                    .count(peer, n, if compressed { wire_len } else { n });
                 Switched::Device(n)
             }
             None => Switched::Dropped,
         },
         Mode::Tap => {
-            switch_frame(
+            let to = switch_frame(
                 shared,
                 &table,
                 peer,
@@ -652,7 +658,11 @@ async fn receive_data(
                 now,
                 &mut scratch.fwd,
             )
-            .await
+            .await;
+            if let Switched::Device(n) = to {
+                scratch.tally.count(peer, n, wire_len);
+            }
+            to
         }
     };
     match to {
@@ -770,10 +780,8 @@ async fn switch_frame(
         return Switched::Dropped;
     };
     match port {
-        Port::Device => {
-            peer.traffic.received(len, wire_len);
-            Switched::Device(len)
-        }
+        // Counted by the caller, in its tally.
+        Port::Device => Switched::Device(len),
         Port::Hairpin => {
             peer.drops.count(DropReason::Hairpin);
             shared.drops.count(DropReason::Hairpin);

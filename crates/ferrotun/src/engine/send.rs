@@ -28,7 +28,15 @@ use super::switch::{self, LOCAL};
 use super::{PeerAddr, PeerTable, Shared, TRAILER, Turn};
 use crate::peer::{MAX_STAGED, Peer};
 use crate::routing::ip_destination;
-use crate::stats::DropReason;
+use crate::stats::{DropReason, Tally};
+
+/// Whom [`Sealer::seal_or_prepare`] works for: one message sealed at once, or a message of
+/// the batch, prepared in its slot.
+#[derive(Clone, Copy)]
+enum Sealing<'p> {
+    One(&'p Peer),
+    Batch(&'p Arc<Peer>, usize),
+}
 
 /// Packets read from the device per wakeup: a 64 KiB super-segment is at most 46 packets
 /// of 1420 bytes, so one fits whole.
@@ -52,6 +60,9 @@ pub struct Sealer {
     slots: Vec<usize>,
     /// Runs of `pending` under one keypair, in order: how many messages each has.
     runs: Vec<(usize, Arc<Keypair>)>,
+    /// The traffic of this batch's prepared messages, added to their peers' counters in
+    /// [`Sealer::finish`].
+    tally: Tally,
 }
 
 impl Sealer {
@@ -64,6 +75,7 @@ impl Sealer {
             pending: Vec::with_capacity(SLOTS),
             slots: Vec::with_capacity(SLOTS),
             runs: Vec::new(),
+            tally: Tally::sent(),
         }
     }
 
@@ -79,7 +91,7 @@ impl Sealer {
         now: Instant,
         compress: bool,
     ) -> Option<(usize, PeerAddr)> {
-        self.seal_or_prepare(shared, peer, buf, len, now, compress, None)
+        self.seal_or_prepare(shared, Sealing::One(peer), buf, len, now, compress)
     }
 
     /// As [`Sealer::seal`], but the encryption waits for [`Sealer::finish`], which seals
@@ -90,13 +102,13 @@ impl Sealer {
     pub fn prepare(
         &mut self,
         shared: &Shared,
-        peer: &Peer,
+        peer: &Arc<Peer>,
         buf: &mut [u8],
         len: usize,
         now: Instant,
         slot: usize,
     ) -> Option<(usize, PeerAddr)> {
-        self.seal_or_prepare(shared, peer, buf, len, now, true, Some(slot))
+        self.seal_or_prepare(shared, Sealing::Batch(peer, slot), buf, len, now, true)
     }
 
     /// Seals the messages prepared since the last call, in `buf`. A run that cannot be
@@ -108,6 +120,7 @@ impl Sealer {
         buf: &mut [u8],
         sealed: &mut [Option<(usize, PeerAddr)>],
     ) {
+        self.tally.flush();
         for (count, kp) in self.runs.drain(..) {
             let slots = self.slots.drain(..count);
             if let Err(e) = kp.seal_prepared(buf, self.pending.drain(..count)) {
@@ -119,18 +132,20 @@ impl Sealer {
         }
     }
 
-    /// [`Sealer::seal`] with `slot` `None`, [`Sealer::prepare`] with its slot.
-    #[allow(clippy::too_many_arguments)]
+    /// [`Sealer::seal`] or [`Sealer::prepare`], as `to` says.
     fn seal_or_prepare(
         &mut self,
         shared: &Shared,
-        peer: &Peer,
+        to: Sealing<'_>,
         buf: &mut [u8],
         len: usize,
         now: Instant,
         compress: bool,
-        slot: Option<usize>,
     ) -> Option<(usize, PeerAddr)> {
+        let peer: &Peer = match to {
+            Sealing::One(p) => p,
+            Sealing::Batch(p, _) => p,
+        };
         let Some(ep) = peer.endpoint() else {
             shared.drop_for(peer, DropReason::NoEndpoint, || {
                 format!("peer {} has not connected yet", peer.name())
@@ -160,9 +175,9 @@ impl Sealer {
                 flags = flags.union(PayloadFlags::COMPRESSED);
             }
         }
-        let sealed = match slot {
-            None => kp.seal(flags, payload, buf, shared.mtu),
-            Some(slot) => {
+        let sealed = match to {
+            Sealing::One(_) => kp.seal(flags, payload, buf, shared.mtu),
+            Sealing::Batch(_, slot) => {
                 let at = slot * self.stride;
                 kp.prepare(flags, payload, buf, shared.mtu, at).map(|p| {
                     let n = p.datagram_len();
@@ -178,7 +193,10 @@ impl Sealer {
         };
         match sealed {
             Ok(n) => {
-                peer.traffic.sent(len, payload);
+                match to {
+                    Sealing::One(_) => peer.traffic.sent(len, payload),
+                    Sealing::Batch(p, _) => self.tally.count(p, len, payload),
+                }
                 peer.notes.sent.store(shared.stamp(now), Ordering::Relaxed);
                 let stale = (kp.is_initiator() && now >= kp.created() + REKEY_AFTER_TIME)
                     || kp.send_counter() > REKEY_AFTER_MESSAGES;
