@@ -115,10 +115,12 @@ mod coalesce;
 mod ethernet;
 mod header;
 mod packet;
+mod partial;
 mod split;
 
 pub use coalesce::{Writer, WriterStats};
 pub use header::{GsoType, Header, HeaderRepr, field, flags, gso};
+pub use partial::{PartialChecksum, complete_checksum, partial_checksum};
 pub use split::{Reader, ReaderStats};
 
 /// The largest IP packet either side handles: the IPv4 total length is 16 bits, and the

@@ -18,6 +18,14 @@ const HEADROOM: usize = 16;
 /// Pushes `frame` and pops all its packets in batches of `batch` buffers, checking that
 /// the headroom of every buffer stays untouched and that `pending` counts down.
 fn split(reader: &mut Reader, frame: &[u8], batch: usize) -> Vec<Vec<u8>> {
+    split_marked(reader, frame, batch)
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// [`split`], with whether the reader marked each packet's checksum partial.
+fn split_marked(reader: &mut Reader, frame: &[u8], batch: usize) -> Vec<(Vec<u8>, bool)> {
     reader.push_frame(frame).expect("a well-formed frame");
     let mut out = Vec::new();
     let mut bufs = vec![vec![0xa5u8; HEADROOM + 1600]; batch];
@@ -31,9 +39,10 @@ fn split(reader: &mut Reader, frame: &[u8], batch: usize) -> Vec<Vec<u8>> {
             "a batch is filled while packets remain"
         );
         assert_eq!(reader.pending(), before - n);
-        for (b, &len) in bufs.iter_mut().zip(&lens).take(n) {
+        assert_eq!(reader.partial().len(), n, "one mark per packet");
+        for ((b, &len), &partial) in bufs.iter_mut().zip(&lens).zip(reader.partial()) {
             assert!(b[..HEADROOM].iter().all(|&x| x == 0xa5), "headroom written");
-            out.push(b[HEADROOM..HEADROOM + len].to_vec());
+            out.push((b[HEADROOM..HEADROOM + len].to_vec(), partial));
             b.fill(0xa5);
         }
     }
@@ -160,6 +169,75 @@ proptest! {
         let ws = writer.stats();
         prop_assert_eq!(ws.frames, frames.len() as u64);
         prop_assert_eq!(ws.packets, (len.div_ceil(mss).max(1)) as u64);
+    }
+
+    /// With checksums left partial, a TCP or UDP super-segment is cut into packets that
+    /// are each marked partial and hold the pseudo-header sum in their checksum field;
+    /// completing it gives, byte for byte, the packet a reader with full checksums cuts.
+    /// A writer told which packets are partial (trusting them or not) merges them into
+    /// the very frames the full packets give; those it writes alone go with `NEEDS_CSUM`
+    /// at the checksum field, and complete to the full packet.
+    #[test]
+    fn partial_checksums_complete_to_the_full_ones(
+        v6 in any::<bool>(),
+        tcp in any::<bool>(),
+        mss_raw in any::<u16>(),
+        len_raw in any::<u16>(),
+        batch in 1usize..70,
+        trusted in any::<bool>(),
+        uso in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let flow = if v6 { Flow::v6(2) } else { Flow::v4(2) };
+        let mss = 1 + usize::from(mss_raw) % 1400;
+        let len = (usize::from(len_raw) % 65_000).min(mss * 100);
+        let data = payload(len, seed);
+        let frame = if tcp {
+            Tcp::new(flow, seed as u32).super_frame(&data, mss as u16, 0)
+        } else {
+            udp_super_frame(&flow, seed as u16, &data, mss as u16)
+        };
+        let full = split(&mut Reader::new(), &frame, batch);
+        let mut reader = Reader::new().leave_checksums_partial(true);
+        let marked = split_marked(&mut reader, &frame, batch);
+        prop_assert_eq!(marked.len(), full.len());
+        prop_assert_eq!(reader.stats().checksums_left_partial, full.len() as u64);
+        let partial: Vec<Vec<u8>> = marked.iter().map(|(p, _)| p.clone()).collect();
+        for ((p, mark), f) in marked.iter().zip(&full) {
+            prop_assert!(*mark);
+            prop_assert!(parse_checked(p, true).is_ok(), "a pseudo-header sum");
+            let mut done = p.clone();
+            prop_assert!(vnet::complete_checksum(&mut done, vnet::Layer::Ip));
+            prop_assert_eq!(&done, f);
+        }
+
+        let offloads = if uso { Offloads::ALL } else { Offloads::TSO };
+        let want = coalesce(&mut Writer::new(offloads), &full, HEADROOM);
+        let mut writer = Writer::new(offloads).trust_checksums(trusted);
+        let mut bufs: Vec<Vec<u8>> = partial
+            .iter()
+            .map(|p| [&[0u8; HEADROOM][..], p].concat())
+            .collect();
+        let lens: Vec<usize> = partial.iter().map(Vec::len).collect();
+        writer.prepare_partial(&mut bufs, HEADROOM, &lens, &vec![true; lens.len()]).unwrap();
+        let mut got = Vec::new();
+        while let Some(f) = writer.next_frame(&mut bufs, HEADROOM) {
+            got.push(f.to_vec());
+        }
+        prop_assert_eq!(got.len(), want.len());
+        prop_assert_eq!(writer.stats().bad_checksums, 0);
+        for (g, w) in got.iter().zip(&want) {
+            let (flags, gso, _, _, start, off) = vnet_fields(g);
+            if gso != 0 {
+                prop_assert_eq!(g, w, "a merged frame");
+                continue;
+            }
+            let l4 = if v6 { 40 } else { 20 };
+            prop_assert_eq!((flags, start, off), (1, l4, if tcp { 16 } else { 6 }));
+            let mut done = g[VNET..].to_vec();
+            prop_assert!(vnet::complete_checksum(&mut done, vnet::Layer::Ip));
+            prop_assert_eq!(&done[..], &w[VNET..]);
+        }
     }
 
     /// The same for UDP (USO): datagrams of gso_size with their own lengths and
@@ -380,6 +458,50 @@ fn partial_checksums_of_single_packets_are_completed() {
             frame.extend_from_slice(&full);
             assert_eq!(split(&mut Reader::new(), &frame, 1), vec![full.clone()]);
         }
+    }
+}
+
+#[test]
+fn a_reader_leaving_checksums_partial_keeps_them_where_the_kernel_said() {
+    for flow in [Flow::v4(1), Flow::v6(1)] {
+        let full = Tcp::new(flow, 77).packet(&payload(700, 1));
+        let l3 = if flow.is_v6() { 40 } else { 20 };
+        let ps = fold16(pseudo_sum(
+            &full[src_range(&flow)],
+            &full[dst_range(&flow)],
+            6,
+            full.len() - l3,
+        ));
+        let mut partial = full.clone();
+        partial[l3 + 16..l3 + 18].copy_from_slice(&ps.to_be_bytes());
+        let reader = || Reader::new().leave_checksums_partial(true);
+        // At the transport header's checksum field: kept, and marked.
+        let mut frame = vnet_header(1, 0, 0, 0, l3 as u16, 16);
+        frame.extend_from_slice(&partial);
+        let mut r = reader();
+        assert_eq!(
+            split_marked(&mut r, &frame, 4),
+            vec![(partial.clone(), true)]
+        );
+        assert_eq!(
+            (
+                r.stats().checksums_left_partial,
+                r.stats().checksums_completed
+            ),
+            (1, 0)
+        );
+        // Anywhere else: completed as the kernel asked, not marked.
+        let mut frame = vnet_header(1, 0, 0, 0, l3 as u16 + 4, 12);
+        frame.extend_from_slice(&partial);
+        let mut r = reader();
+        let out = split_marked(&mut r, &frame, 4);
+        assert!(!out[0].1);
+        assert_ne!(out[0].0, partial);
+        assert_eq!(r.stats().checksums_completed, 1);
+        // No partial checksum: as it came, not marked.
+        let mut frame = vnet_header(0, 0, 0, 0, 0, 0);
+        frame.extend_from_slice(&full);
+        assert_eq!(split_marked(&mut reader(), &frame, 4), vec![(full, false)]);
     }
 }
 

@@ -51,6 +51,7 @@ use crate::vnet::header::{GsoType, HeaderRepr};
 use crate::vnet::packet::*;
 use crate::vnet::{
     Error, Layer, MAX_PACKET, MAX_SEGMENTS, Offloads, check_layer, checksum, ethernet,
+    partial_checksum,
 };
 
 /// Open super-segments tracked at once; when more flows interleave in one batch, the
@@ -109,11 +110,13 @@ pub struct Writer {
     trusted: bool,
 }
 
-/// A packet of the batch: its length and the next packet of its super-segment.
+/// A packet of the batch: its length, the next packet of its super-segment, and whether
+/// its checksum is partial.
 #[derive(Debug, Clone, Copy)]
 struct Member {
     len: u32,
     next: u32,
+    partial: bool,
 }
 
 /// One frame to write: a packet alone, or the packets of a super-segment.
@@ -261,8 +264,22 @@ impl Writer {
         offset: usize,
         lens: &[usize],
     ) -> io::Result<()> {
+        self.send_batch_partial(queue, packets, offset, lens, &[])
+            .await
+    }
+
+    /// [`send_batch`](Self::send_batch) for packets of which those with `partial[i]` set
+    /// have a partial checksum, as [`prepare_partial`](Self::prepare_partial) takes them.
+    pub async fn send_batch_partial<B: AsMut<[u8]>>(
+        &mut self,
+        queue: &AsyncQueue,
+        packets: &mut [B],
+        offset: usize,
+        lens: &[usize],
+        partial: &[bool],
+    ) -> io::Result<()> {
         check_layer(self.layer, queue.get_ref())?;
-        self.prepare(packets, offset, lens)?;
+        self.prepare_partial(packets, offset, lens, partial)?;
         let mut first_err = None;
         let mut errors = 0;
         loop {
@@ -324,6 +341,23 @@ impl Writer {
         offset: usize,
         lens: &[usize],
     ) -> Result<(), Error> {
+        self.prepare_partial(packets, offset, lens, &[])
+    }
+
+    /// [`prepare`](Self::prepare) for packets of which those with `partial[i]` set have a
+    /// partial checksum (see [`crate::vnet::partial`]; a missing entry means false). Such
+    /// a packet merges without its checksum being verified, as merged packets get a
+    /// partial checksum anyway; written alone, it goes with a virtio-net header that
+    /// asks the kernel to complete its checksum (`NEEDS_CSUM` at the place
+    /// [`partial_checksum`] finds). A packet marked partial whose checksum field cannot
+    /// be found that way is written as it is, and the kernel drops it.
+    pub fn prepare_partial<B: AsMut<[u8]>>(
+        &mut self,
+        packets: &mut [B],
+        offset: usize,
+        lens: &[usize],
+        partial: &[bool],
+    ) -> Result<(), Error> {
         self.members.clear();
         self.items.clear();
         self.open.clear();
@@ -352,6 +386,7 @@ impl Writer {
             self.members.push(Member {
                 len: len as u32,
                 next: NONE,
+                partial: partial.get(i).copied().unwrap_or(false),
             });
             let class = classify(
                 &packets[i].as_mut()[offset..offset + len],
@@ -512,7 +547,9 @@ impl Writer {
                     _ => return Append::No,
                 };
             }
-            if !m.head_checked && !self.trusted {
+            // A partial checksum has nothing to verify: the merged packet's is computed
+            // afresh anyway.
+            if !m.head_checked && !self.trusted && !self.members[first].partial {
                 if !transport_checksum_ok(head, &m) {
                     self.stats.bad_checksums += 1;
                     // The head goes out alone, and the kernel drops it.
@@ -521,7 +558,7 @@ impl Writer {
                 }
                 m.head_checked = true;
             }
-            if !self.trusted && !transport_checksum_ok(pkt, &m) {
+            if !self.trusted && !self.members[i].partial && !transport_checksum_ok(pkt, &m) {
                 self.stats.bad_checksums += 1;
                 self.items[item_index].merge = Some(m);
                 return Append::BadCandidate;
@@ -559,13 +596,18 @@ impl Writer {
             Some(m) if item.count > 1 => m,
             _ => {
                 let buf = packets[first].as_mut();
+                let packet = &buf[offset..offset + first_len];
+                let header = match self.members[first].partial {
+                    true => alone_partial(packet, self.layer),
+                    false => HeaderRepr::NONE,
+                };
                 if offset >= VNET_HDR_LEN {
                     let frame = &mut buf[offset - VNET_HDR_LEN..offset + first_len];
-                    HeaderRepr::NONE.emit_into(frame);
+                    header.emit_into(frame);
                     return Some(frame);
                 }
                 let frame = &mut self.scratch[..VNET_HDR_LEN + first_len];
-                HeaderRepr::NONE.emit_into(frame);
+                header.emit_into(frame);
                 frame[VNET_HDR_LEN..].copy_from_slice(&buf[offset..offset + first_len]);
                 return Some(frame);
             }
@@ -649,6 +691,21 @@ impl Writer {
             VNET_HDR_LEN + merge.total
         );
         Some(&parts[..n])
+    }
+}
+
+/// The virtio-net header of a packet with a partial checksum written alone: the kernel
+/// is to complete the checksum where [`partial_checksum`] finds it; nothing if it cannot
+/// be found (the packet goes as it is, and the kernel drops it).
+fn alone_partial(packet: &[u8], layer: Layer) -> HeaderRepr {
+    match partial_checksum(packet, layer) {
+        Some(p) => HeaderRepr {
+            needs_csum: true,
+            csum_start: p.start as u16,
+            csum_offset: p.offset as u16,
+            ..HeaderRepr::NONE
+        },
+        None => HeaderRepr::NONE,
     }
 }
 

@@ -24,7 +24,9 @@ use crate::asyncio::AsyncQueue;
 use crate::tun::{Queue, VNET_HDR_LEN};
 use crate::vnet::header::{GsoType, Header, HeaderRepr};
 use crate::vnet::packet::*;
-use crate::vnet::{Error, Layer, MAX_PACKET, check_layer, checksum, ethernet};
+use crate::vnet::{
+    Error, Layer, MAX_PACKET, PartialChecksum, check_layer, checksum, ethernet, partial_checksum,
+};
 
 /// Counters of a [`Reader`], for statistics and for tests that must see offloads work.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -37,6 +39,9 @@ pub struct ReaderStats {
     pub packets: u64,
     /// Single packets whose partial checksum was completed.
     pub checksums_completed: u64,
+    /// Packets handed out with a partial checksum
+    /// ([`Reader::leave_checksums_partial`]).
+    pub checksums_left_partial: u64,
     /// Frames dropped, wholly or in part, because they were malformed or a caller's
     /// buffer was too small.
     pub dropped: u64,
@@ -70,6 +75,9 @@ pub struct Reader {
     pending: Option<Split>,
     deferred: Option<io::Error>,
     stats: ReaderStats,
+    leave_partial: bool,
+    /// Whether each packet of the last call has a partial checksum.
+    partial: Vec<bool>,
 }
 
 /// What is left of the frame in `Reader::frame`.
@@ -78,6 +86,8 @@ struct Split {
     /// Length of the packet: the frame without its virtio-net header.
     len: usize,
     how: How,
+    /// Its packets keep (a single packet) or get (segments) a partial checksum.
+    partial: bool,
     /// Segments emitted so far.
     index: u32,
 }
@@ -131,7 +141,31 @@ impl Reader {
             pending: None,
             deferred: None,
             stats: ReaderStats::default(),
+            leave_partial: false,
+            partial: Vec::new(),
         }
+    }
+
+    /// Leaves transport checksums partial where it can (see [`crate::vnet::partial`]):
+    /// the segments of a TCP or UDP super-segment get only their pseudo-header sum in the
+    /// checksum field instead of a full checksum, and a single packet the kernel handed
+    /// out with a partial checksum keeps it, if [`partial_checksum`] finds the field where
+    /// the kernel said it is. [`partial`](Self::partial) says which packets of a call
+    /// have one: their receiver must complete it or hand them to a kernel as partial.
+    /// Summing is most of the cost of cutting a super-segment (the copy is the rest).
+    ///
+    /// [`partial_checksum`]: crate::vnet::partial_checksum
+    pub fn leave_checksums_partial(mut self, on: bool) -> Reader {
+        self.leave_partial = on;
+        self
+    }
+
+    /// Whether each packet the last call placed (`bufs[i]`, by
+    /// [`recv_batch`](Self::recv_batch), [`recv_batch_sync`](Self::recv_batch_sync) or
+    /// [`pop`](Self::pop)) has a partial checksum. All false unless
+    /// [`leave_checksums_partial`](Self::leave_checksums_partial) is on.
+    pub fn partial(&self) -> &[bool] {
+        &self.partial
     }
 
     /// The kind of frame this reader takes.
@@ -187,6 +221,7 @@ impl Reader {
         lens: &mut [usize],
     ) -> io::Result<usize> {
         check_layer(self.layer, queue.get_ref())?;
+        self.partial.clear();
         let max = bufs.len().min(lens.len());
         if let Some(e) = self.deferred.take() {
             return Err(e);
@@ -232,6 +267,7 @@ impl Reader {
         lens: &mut [usize],
     ) -> io::Result<usize> {
         check_layer(self.layer, queue)?;
+        self.partial.clear();
         let max = bufs.len().min(lens.len());
         if let Some(e) = self.deferred.take() {
             return Err(e);
@@ -272,6 +308,7 @@ impl Reader {
         offset: usize,
         lens: &mut [usize],
     ) -> io::Result<usize> {
+        self.partial.clear();
         if let Some(e) = self.deferred.take() {
             return Err(e);
         }
@@ -282,7 +319,17 @@ impl Reader {
     fn accept(&mut self, len: usize) -> Result<(), Error> {
         self.stats.frames += 1;
         match parse(&self.frame, len, self.layer) {
-            Ok(split) => {
+            Ok(mut split) => {
+                split.partial = self.leave_partial
+                    && match split.how {
+                        How::Segments(s) => !s.v6 || s.l4 == s.l3 + IPV6_HEADER_LEN,
+                        How::Single(Some((start, offset))) => {
+                            let packet = &self.frame[VNET_HDR_LEN..VNET_HDR_LEN + split.len];
+                            partial_checksum(packet, self.layer)
+                                == Some(PartialChecksum { start, offset })
+                        }
+                        How::Single(None) => false,
+                    };
                 if let How::Segments(_) = split.how {
                     self.stats.super_segments += 1;
                 }
@@ -318,9 +365,14 @@ impl Reader {
             match emit(packet, split, out) {
                 Ok((len, done)) => {
                     lens[i] = len;
+                    debug_assert_eq!(self.partial.len(), i, "one flag per packet placed");
+                    self.partial.truncate(i);
+                    self.partial.push(split.partial);
                     i += 1;
                     self.stats.packets += 1;
-                    if let How::Single(Some(_)) = split.how {
+                    if split.partial {
+                        self.stats.checksums_left_partial += 1;
+                    } else if let How::Single(Some(_)) = split.how {
                         self.stats.checksums_completed += 1;
                     }
                     if done {
@@ -386,6 +438,7 @@ fn parse(frame: &[u8], len: usize, layer: Layer) -> Result<Split, Error> {
         return Ok(Split {
             len,
             how: How::Single(csum),
+            partial: false,
             index: 0,
         });
     }
@@ -512,6 +565,7 @@ fn parse(frame: &[u8], len: usize, layer: Layer) -> Result<Split, Error> {
                 get16(packet, at(l3, IPV4_ID))
             },
         }),
+        partial: false,
         index: 0,
     })
 }
@@ -525,7 +579,7 @@ fn emit(packet: &[u8], split: &mut Split, out: &mut [u8]) -> Result<(usize, bool
             let Some(out) = out.get_mut(..len) else {
                 return Err(len);
             };
-            if let Some((start, off)) = *csum {
+            if let Some((start, off)) = csum.filter(|_| !split.partial) {
                 // The field holds the pseudo-header sum; summing over it completes it.
                 out[..start].copy_from_slice(&packet[..start]);
                 let s = checksum::copy_and_sum(&mut out[start..], &packet[start..]);
@@ -533,6 +587,7 @@ fn emit(packet: &[u8], split: &mut Split, out: &mut [u8]) -> Result<(usize, bool
                 let c = if c == 0 { 0xffff } else { c };
                 put16(out, start + off..start + off + 2, c);
             } else {
+                // No checksum to complete, or one left partial.
                 out.copy_from_slice(packet);
             }
             split.index = 1;
@@ -547,8 +602,13 @@ fn emit(packet: &[u8], split: &mut Split, out: &mut [u8]) -> Result<(usize, bool
             let last = s.next + payload >= split.len;
             let first = split.index == 0;
             out[..s.hdr_len].copy_from_slice(&packet[..s.hdr_len]);
-            let payload_sum =
-                checksum::copy_and_sum(&mut out[s.hdr_len..], &packet[s.next..s.next + payload]);
+            let src = &packet[s.next..s.next + payload];
+            let payload_sum = if split.partial {
+                out[s.hdr_len..].copy_from_slice(src);
+                0
+            } else {
+                checksum::copy_and_sum(&mut out[s.hdr_len..], src)
+            };
             let (l3, l4) = (s.l3, s.l4);
             if s.v6 {
                 put16(
@@ -577,19 +637,22 @@ fn emit(packet: &[u8], split: &mut Split, out: &mut [u8]) -> Result<(usize, bool
                 put16(out, at(l4, UDP_LEN), (total - l4) as u16);
                 (PROTO_UDP, at(l4, UDP_CHECKSUM))
             };
-            put16(out, csum_at.clone(), 0);
-            // The transport header's length is even (a multiple of 4 for TCP, 8 for
-            // UDP), so its sum and the payload's add up to the sum of the whole.
-            debug_assert_eq!((s.hdr_len - l4) % 2, 0);
-            let s_sum = checksum::add(
-                pseudo_header(&out[l3..], s.v6, protocol, total - l4),
-                checksum::add(checksum::sum(&out[l4..s.hdr_len]), payload_sum),
-            );
-            let c = checksum::finish(s_sum);
-            let c = if c == 0 && protocol == PROTO_UDP {
-                0xffff
+            let pseudo = pseudo_header(&out[l3..], s.v6, protocol, total - l4);
+            let c = if split.partial {
+                // The pseudo-header sum alone, for the receiver to complete.
+                pseudo as u16
             } else {
-                c
+                put16(out, csum_at.clone(), 0);
+                // The transport header's length is even (a multiple of 4 for TCP, 8 for
+                // UDP), so its sum and the payload's add up to the sum of the whole.
+                debug_assert_eq!((s.hdr_len - l4) % 2, 0);
+                let rest = checksum::add(checksum::sum(&out[l4..s.hdr_len]), payload_sum);
+                let c = checksum::finish(checksum::add(pseudo, rest));
+                if c == 0 && protocol == PROTO_UDP {
+                    0xffff
+                } else {
+                    c
+                }
             };
             put16(out, csum_at, c);
             s.next += payload;
