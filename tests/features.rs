@@ -179,6 +179,49 @@ fn matrix_tcp_tap_compressed() {
     matrix_cell(T::Tcp, true, true);
 }
 
+/// With TUN offloads on, a sender leaves the checksums of the TCP segments it cuts from
+/// super-segments partial and says so in each message. A receiver whose device has
+/// offloads hands such packets to its kernel as partial; one without (`offload = false`)
+/// completes them itself. Either way the transfers arrive intact (the kernel drops a
+/// segment whose checksum is wrong, and the transfer would stall), and the receivers'
+/// counters show which way each went.
+#[test]
+fn partial_checksums_arrive_whole_whether_the_receiver_has_offloads_or_not() {
+    for offload in [true, false] {
+        let lab = Lab::two_hosts().unwrap();
+        let cfg = Configs::new();
+        let (a, b) = (lab.a(), lab.b());
+        let line = format!("offload = {offload}");
+        let scfg = cfg.variant("server.toml", "s.toml", &[("# offload = true", &line)]);
+        let _server = start_server(&lab, a, &scfg);
+        let _client = start_client(&lab, b, "client", &cfg.client());
+        wait_for_ping(b.ns(), addr("10.77.0.1"), UP).unwrap();
+        transfer(a.ns(), "10.77.0.1:0", b.ns(), 8 * MB);
+        let count = |who: &str, key: &str| show_json(&lab, who)[key].as_u64().unwrap();
+        // 8 MiB are about 6,000 segments of 1,380 bytes.
+        let partial = count("server", "partial_checksums");
+        assert!(partial > 5_000, "offload {offload}: {partial} partial");
+        wait_until("every partial checksum handled", UP, || {
+            let done = count("server", "checksums_completed");
+            done == if offload {
+                0
+            } else {
+                count("server", "partial_checksums")
+            }
+        })
+        .unwrap();
+        // The other way, the server leaves checksums partial only if it has offloads.
+        transfer(b.ns(), "10.77.0.2:0", a.ns(), 2 * MB);
+        let partial = count("client", "partial_checksums");
+        assert_eq!(
+            partial > 1_000,
+            offload,
+            "offload {offload}: {partial} partial"
+        );
+        assert_eq!(count("client", "checksums_completed"), 0);
+    }
+}
+
 #[test]
 fn a_compression_mismatch_is_refused_with_the_reason() {
     let lab = Lab::two_hosts().unwrap();

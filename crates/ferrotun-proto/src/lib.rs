@@ -33,7 +33,9 @@
 //!
 //! * **Transport data (type 4)**: byte 1 holds [`PayloadFlags`]: bit 0 = the payload is an
 //!   LZ4 block ([`PayloadFlags::COMPRESSED`]), bit 1 = the payload is an Ethernet frame
-//!   ([`PayloadFlags::ETHERNET`], TAP mode); bits 2..7 must be zero. The flags are
+//!   ([`PayloadFlags::ETHERNET`], TAP mode), bit 2 = the packet's TCP or UDP checksum
+//!   is partial, to be completed by the receiver ([`PayloadFlags::PARTIAL_CHECKSUM`]);
+//!   bits 3..7 must be zero. The flags are
 //!   authenticated as AEAD associated data: the AAD is **empty when the flag byte is 0**
 //!   (so plain WireGuard data stays byte-compatible) and is **the single flag byte
 //!   otherwise**. Flipping any bit of the header therefore either fails parsing (type,
@@ -58,7 +60,8 @@
 //!
 //! **Padding.** As WireGuard does (whitepaper §5.4.6), plaintext is zero-padded to a
 //! multiple of 16 bytes without exceeding the MTU, but only for uncompressed IP payloads
-//! (flags = 0), whose true length the receiver recovers from the IPv4/IPv6 header
+//! (neither compressed nor Ethernet), whose true length the receiver recovers from the
+//! IPv4/IPv6 header
 //! ([`ip::ip_packet_len`]). Compressed and Ethernet payloads are never padded: their length
 //! could not be recovered.
 //!

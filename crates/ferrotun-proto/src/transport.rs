@@ -101,11 +101,13 @@ pub fn sealed_len(flags: PayloadFlags, len: usize, mtu: usize) -> usize {
     DATA_HEADER_LEN + padded_len(flags, len, mtu) + TAG_LEN
 }
 
-/// The payload length after padding: uncompressed IP payloads (flags empty) round up to a
-/// multiple of 16 but never beyond `max(len, mtu)`; other payloads are never padded
-/// (their length could not be recovered).
+/// The payload length after padding: uncompressed IP payloads (neither
+/// [`PayloadFlags::COMPRESSED`] nor [`PayloadFlags::ETHERNET`]) round up to a multiple of
+/// 16 but never beyond `max(len, mtu)`; other payloads are never padded (their length
+/// could not be recovered).
 pub fn padded_len(flags: PayloadFlags, len: usize, mtu: usize) -> usize {
-    if !flags.is_empty() || len >= mtu {
+    let framed = PayloadFlags::COMPRESSED.union(PayloadFlags::ETHERNET);
+    if flags.bits() & framed.bits() != 0 || len >= mtu {
         return len;
     }
     len.next_multiple_of(PADDING_MULTIPLE).min(mtu)
@@ -703,6 +705,10 @@ mod tests {
         assert_eq!(padded_len(PayloadFlags::NONE, 1500, 1420), 1500);
         assert_eq!(padded_len(PayloadFlags::COMPRESSED, 33, 1420), 33);
         assert_eq!(padded_len(PayloadFlags::ETHERNET, 60, 1420), 60);
+        // A partial checksum leaves an IP packet whose length the receiver recovers.
+        assert_eq!(padded_len(PayloadFlags::PARTIAL_CHECKSUM, 1400, 1420), 1408);
+        let both = PayloadFlags::PARTIAL_CHECKSUM.union(PayloadFlags::COMPRESSED);
+        assert_eq!(padded_len(both, 33, 1420), 33);
         // IPv6 over an IPv6 underlay, MTU 1420: exactly 1500 bytes on the wire.
         assert_eq!(sealed_len(PayloadFlags::NONE, 1420, 1420) + 40 + 8, 1500);
     }

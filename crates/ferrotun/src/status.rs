@@ -74,6 +74,14 @@ pub struct Status {
     /// Packets read from each device queue (one entry per queue).
     #[serde(default)]
     pub queue_packets: Vec<u64>,
+    /// Packets received with a partial TCP or UDP checksum (the sender left it for this
+    /// side to complete).
+    #[serde(default)]
+    pub partial_checksums: u64,
+    /// Those of them whose checksum this side completed in software, its device having
+    /// no offloads (otherwise its kernel completes them).
+    #[serde(default)]
+    pub checksums_completed: u64,
 }
 
 fn ratio(wire: u64, inner: u64) -> Option<f64> {
@@ -153,6 +161,8 @@ pub fn snapshot(shared: &Shared) -> Status {
             .iter()
             .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
             .collect(),
+        partial_checksums: shared.partial_checksums.load(Ordering::Relaxed),
+        checksums_completed: shared.checksums_completed.load(Ordering::Relaxed),
     }
 }
 

@@ -133,7 +133,13 @@ impl PayloadFlags {
     pub const COMPRESSED: PayloadFlags = PayloadFlags(1);
     /// Bit 1: the (decompressed) payload is an Ethernet frame (TAP mode).
     pub const ETHERNET: PayloadFlags = PayloadFlags(2);
-    const KNOWN: u8 = 0b11;
+    /// Bit 2: the (decompressed) IP packet's TCP or UDP checksum field holds only its
+    /// pseudo-header sum, as the kernel leaves it for `CHECKSUM_PARTIAL`: the receiver
+    /// completes it, or has its kernel do so. Only on packets whose checksum field a
+    /// receiver finds without walking extension headers (IPv4 that is not a fragment,
+    /// IPv6 without extension headers).
+    pub const PARTIAL_CHECKSUM: PayloadFlags = PayloadFlags(4);
+    const KNOWN: u8 = 0b111;
 
     /// The flags if every set bit is known.
     pub const fn from_bits(bits: u8) -> Option<Self> {

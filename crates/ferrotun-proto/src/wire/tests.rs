@@ -151,7 +151,11 @@ fn emit_then_parse() {
 
 #[test]
 fn flag_types() {
-    assert_eq!(PayloadFlags::from_bits(4), None);
+    assert_eq!(PayloadFlags::from_bits(8), None);
+    assert_eq!(
+        PayloadFlags::from_bits(4),
+        Some(PayloadFlags::PARTIAL_CHECKSUM)
+    );
     assert_eq!(HandshakeFlags::from_bits(0x80), None);
     assert!(
         PayloadFlags::from_bits(3)

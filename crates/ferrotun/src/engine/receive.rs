@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use ferrotun_device::Mode;
+use ferrotun_device::vnet::{self, Layer};
 use ferrotun_proto::session::REJECT_AFTER_TIME;
 use ferrotun_proto::transport::TransportError;
 use ferrotun_proto::wire::{
@@ -48,6 +49,8 @@ pub struct ReceiveScratch {
     /// The most one decompressed packet takes in `arena`, headroom included.
     slot: usize,
     lens: Vec<usize>,
+    /// Whether each packet of a batch for the writer has a partial checksum.
+    partial: Vec<bool>,
     fwd: Forwarder,
     /// What this batch's data messages found so far, so that a batch of one peer's
     /// datagrams loads the peer table, the peer's keypairs and its endpoint once, not once
@@ -124,6 +127,7 @@ impl ReceiveScratch {
             used: 0,
             slot: HEADROOM + shared.plain_len(),
             lens: Vec::with_capacity(RX_BUFFERS * 64),
+            partial: Vec::with_capacity(RX_BUFFERS * 64),
             fwd: Forwarder {
                 forward: vec![0u8; sealed],
                 flood: vec![0u8; sealed],
@@ -250,8 +254,13 @@ impl ReceiveScratch {
     }
 
     /// Queues the packet that [`Verdict::Deliver`] left at `bufs[buf][start..start + len]`.
-    pub fn deliver(&mut self, buf: usize, start: usize, len: usize) {
-        self.deliveries.push(Delivery { buf, start, len });
+    pub fn deliver(&mut self, buf: usize, start: usize, len: usize, partial: bool) {
+        self.deliveries.push(Delivery {
+            buf,
+            start,
+            len,
+            partial,
+        });
     }
 
     /// Whether the arena might not hold the next message's packet: the caller then
@@ -285,6 +294,7 @@ impl ReceiveScratch {
                 let mut arena: (&mut [u8], usize) = (&mut self.arena[..self.used], 0);
                 let mut packets: Vec<&mut [u8]> = Vec::with_capacity(self.deliveries.len());
                 self.lens.clear();
+                self.partial.clear();
                 for d in &self.deliveries {
                     let (tail, taken) = if d.buf == ARENA {
                         (&mut arena.0, &mut arena.1)
@@ -302,13 +312,15 @@ impl ReceiveScratch {
                     *tail = after;
                     packets.push(pkt);
                     self.lens.push(d.len);
+                    self.partial.push(d.partial);
                 }
                 if let Err(e) = w
-                    .send_batch(
+                    .send_batch_partial(
                         shared.tun.queue(self.queue),
                         &mut packets,
                         HEADROOM,
                         &self.lens,
+                        &self.partial,
                     )
                     .await
                 {
@@ -325,6 +337,12 @@ impl ReceiveScratch {
                         bufs[d.buf].as_mut()
                     };
                     let buf = &mut src[d.start - HEADROOM..d.start + d.len];
+                    if d.partial {
+                        // No kernel to hand a partial checksum to: completed here. The
+                        // receive path checked that the packet can have one.
+                        vnet::complete_checksum(&mut buf[HEADROOM..], vnet::Layer::Ip);
+                        shared.checksums_completed.fetch_add(1, Ordering::Relaxed);
+                    }
                     if let Err(e) = shared.tun.write(self.queue, buf, HEADROOM, d.len).await {
                         shared.drop_packet(DropReason::SendFailed, || {
                             format!("writing to the device: {e}")
@@ -354,12 +372,13 @@ impl ReceiveScratch {
 
     /// Queues the first `len` bytes of the packet [`decompress`](Self::decompress) put at
     /// `start` for the device.
-    fn keep(&mut self, start: usize, len: usize) {
+    fn keep(&mut self, start: usize, len: usize, partial: bool) {
         self.used = start + len;
         self.deliveries.push(Delivery {
             buf: ARENA,
             start,
             len,
+            partial,
         });
     }
 }
@@ -384,6 +403,8 @@ struct Delivery {
     start: usize,
     /// Its length.
     len: usize,
+    /// Its TCP or UDP checksum is partial.
+    partial: bool,
 }
 
 /// Reads datagrams from the UDP socket until it fails: several buffers per system call,
@@ -429,10 +450,13 @@ pub async fn udp_receive_path(shared: Arc<Shared>, index: usize) -> anyhow::Resu
                 let end = (at + stride).min(meta.len);
                 scratch.take_ahead(at);
                 let dgram = &mut bufs[k][at..end];
-                if let Verdict::Deliver { start, len } =
-                    receive_one(&shared, dgram, src, &mut scratch).await
+                if let Verdict::Deliver {
+                    start,
+                    len,
+                    partial,
+                } = receive_one(&shared, dgram, src, &mut scratch).await
                 {
-                    scratch.deliver(k, at + start, len);
+                    scratch.deliver(k, at + start, len, partial);
                 }
                 at = end;
             }
@@ -468,6 +492,9 @@ pub enum Verdict {
         start: usize,
         /// Its length.
         len: usize,
+        /// Its TCP or UDP checksum is partial, for the device's kernel to complete (or
+        /// for [`ReceiveScratch::flush`] to, without offloads).
+        partial: bool,
     },
     /// Well-formed but not accepted (unknown index, replay, failed authentication, ...).
     Dropped,
@@ -595,15 +622,15 @@ async fn receive_data(
         return Verdict::Accepted; // keepalive
     }
     peer.notes.received_data.store(stamp, Ordering::Relaxed);
-    let want = if shared.mode == Mode::Tap {
-        PayloadFlags::ETHERNET
+    let (want, allowed) = if shared.mode == Mode::Tap {
+        (PayloadFlags::ETHERNET, PayloadFlags::ETHERNET)
     } else {
-        PayloadFlags::NONE
+        (PayloadFlags::NONE, PayloadFlags::PARTIAL_CHECKSUM)
     };
     let allowed = if peer.config.compress {
-        want.union(PayloadFlags::COMPRESSED)
+        allowed.union(PayloadFlags::COMPRESSED)
     } else {
-        want
+        allowed
     };
     if !flags.contains(want) || !allowed.contains(flags) {
         shared.drop_for(peer, DropReason::FlagsRefused, || {
@@ -616,6 +643,7 @@ async fn receive_data(
         return Verdict::Dropped;
     }
     let compressed = flags.contains(PayloadFlags::COMPRESSED);
+    let partial = flags.contains(PayloadFlags::PARTIAL_CHECKSUM);
     let wire_len = range.len();
     // The packet, behind HEADROOM bytes: in place, or decompressed into the arena, where
     // it stays only if it goes to the device.
@@ -639,6 +667,15 @@ async fn receive_data(
     };
     let to = match shared.mode {
         Mode::Tun => match check_ip(shared, &table, peer, payload) {
+            Some(n) if partial && vnet::partial_checksum(&payload[..n], Layer::Ip).is_none() => {
+                shared.drop_for(peer, DropReason::Malformed, || {
+                    format!(
+                        "peer {} marked a checksum partial in a packet that has no such field",
+                        peer.name()
+                    )
+                });
+                Switched::Dropped
+            }
             Some(n) => {
                 // An uncompressed packet's padding is not counted.
                 scratch
@@ -665,12 +702,19 @@ async fn receive_data(
             to
         }
     };
+    if partial && matches!(to, Switched::Device(_)) {
+        shared.partial_checksums.fetch_add(1, Ordering::Relaxed);
+    }
     match to {
         Switched::Device(len) if compressed => {
-            scratch.keep(start, len);
+            scratch.keep(start, len, partial);
             Verdict::Accepted
         }
-        Switched::Device(len) => Verdict::Deliver { start, len },
+        Switched::Device(len) => Verdict::Deliver {
+            start,
+            len,
+            partial,
+        },
         Switched::Elsewhere => Verdict::Accepted,
         Switched::Dropped => Verdict::Dropped,
     }

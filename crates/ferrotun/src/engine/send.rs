@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use ferrotun_device::Mode;
+use ferrotun_device::vnet;
 use ferrotun_proto::session::{REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME};
 use ferrotun_proto::transport::TransportError;
 use ferrotun_proto::wire::DATA_HEADER_LEN;
@@ -35,7 +36,8 @@ use crate::stats::{DropReason, Tally};
 #[derive(Clone, Copy)]
 enum Sealing<'p> {
     One(&'p Peer),
-    Batch(&'p Arc<Peer>, usize),
+    /// The peer, the slot, and whether the packet's checksum is partial.
+    Batch(&'p Arc<Peer>, usize, bool),
 }
 
 /// Packets read from the device per wakeup: a 64 KiB super-segment is at most 46 packets
@@ -98,7 +100,9 @@ impl Sealer {
     /// all messages prepared since in a few AEAD calls (see
     /// [`Keypair::seal_prepared`]). `buf` is batch slot `slot` (at `slot` times
     /// [`slot_len`] in the buffer `finish` gets); until then it holds the header and the
-    /// padded plaintext.
+    /// padded plaintext. `partial`: the IP packet's checksum is partial (the message says
+    /// so, or the packet gets its full checksum if it has to wait for a handshake).
+    #[allow(clippy::too_many_arguments)]
     pub fn prepare(
         &mut self,
         shared: &Shared,
@@ -107,8 +111,10 @@ impl Sealer {
         len: usize,
         now: Instant,
         slot: usize,
+        partial: bool,
     ) -> Option<(usize, PeerAddr)> {
-        self.seal_or_prepare(shared, Sealing::Batch(peer, slot), buf, len, now, true)
+        let to = Sealing::Batch(peer, slot, partial);
+        self.seal_or_prepare(shared, to, buf, len, now, true)
     }
 
     /// Seals the messages prepared since the last call, in `buf`. A run that cannot be
@@ -142,9 +148,9 @@ impl Sealer {
         now: Instant,
         compress: bool,
     ) -> Option<(usize, PeerAddr)> {
-        let peer: &Peer = match to {
-            Sealing::One(p) => p,
-            Sealing::Batch(p, _) => p,
+        let (peer, partial): (&Peer, bool) = match to {
+            Sealing::One(p) => (p, false),
+            Sealing::Batch(p, _, partial) => (p, partial),
         };
         let Some(ep) = peer.endpoint() else {
             shared.drop_for(peer, DropReason::NoEndpoint, || {
@@ -154,6 +160,8 @@ impl Sealer {
         };
         let mut flags = if shared.mode == Mode::Tap {
             PayloadFlags::ETHERNET
+        } else if partial {
+            PayloadFlags::PARTIAL_CHECKSUM
         } else {
             PayloadFlags::NONE
         };
@@ -162,7 +170,7 @@ impl Sealer {
             .as_ref()
             .filter(|k| now < k.created() + REJECT_AFTER_TIME)
         else {
-            stage(shared, peer, buf, len);
+            stage(shared, peer, buf, len, partial);
             return None;
         };
         let mut payload = len;
@@ -177,7 +185,7 @@ impl Sealer {
         }
         let sealed = match to {
             Sealing::One(_) => kp.seal(flags, payload, buf, shared.mtu),
-            Sealing::Batch(_, slot) => {
+            Sealing::Batch(_, slot, _) => {
                 let at = slot * self.stride;
                 kp.prepare(flags, payload, buf, shared.mtu, at).map(|p| {
                     let n = p.datagram_len();
@@ -195,7 +203,7 @@ impl Sealer {
             Ok(n) => {
                 match to {
                     Sealing::One(_) => peer.traffic.sent(len, payload),
-                    Sealing::Batch(p, _) => self.tally.count(p, len, payload),
+                    Sealing::Batch(p, _, _) => self.tally.count(p, len, payload),
                 }
                 peer.notes.sent.store(shared.stamp(now), Ordering::Relaxed);
                 let stale = (kp.is_initiator() && now >= kp.created() + REKEY_AFTER_TIME)
@@ -207,7 +215,7 @@ impl Sealer {
                 Some((n, ep))
             }
             Err(TransportError::CounterExhausted) if payload == len => {
-                stage(shared, peer, buf, len);
+                stage(shared, peer, buf, len, partial);
                 None
             }
             Err(e) => {
@@ -241,8 +249,13 @@ impl Sealer {
     }
 }
 
-/// Keeps a packet until a handshake completes, and asks for one.
-fn stage(shared: &Shared, peer: &Peer, buf: &[u8], len: usize) {
+/// Keeps a packet until a handshake completes, and asks for one. A staged packet is sent
+/// later as a plain IP packet, so a partial checksum is completed first.
+fn stage(shared: &Shared, peer: &Peer, buf: &mut [u8], len: usize, partial: bool) {
+    if partial {
+        let packet = &mut buf[DATA_HEADER_LEN..DATA_HEADER_LEN + len];
+        vnet::complete_checksum(packet, vnet::Layer::Ip);
+    }
     {
         let mut staged = peer.staged();
         if staged.len() >= MAX_STAGED {
@@ -326,8 +339,12 @@ pub async fn send_path(shared: Arc<Shared>, index: usize) -> anyhow::Result<()> 
                 None
             } else {
                 match shared.mode {
-                    Mode::Tun => route_ip(&shared, &table, buf, len)
-                        .and_then(|peer| sealer.prepare(&shared, peer, buf, len, now, i)),
+                    Mode::Tun => route_ip(&shared, &table, buf, len).and_then(|peer| {
+                        let partial = reader
+                            .as_ref()
+                            .is_some_and(|r| r.partial().get(i) == Some(&true));
+                        sealer.prepare(&shared, peer, buf, len, now, i, partial)
+                    }),
                     Mode::Tap => {
                         send_frame(&shared, &table, &mut sealer, buf, len, i, &mut flood, now).await
                     }
@@ -438,7 +455,7 @@ async fn send_frame(
     };
     if !shared.server {
         let peer = table.peers().next()?;
-        return sealer.prepare(shared, peer, buf, len, now, slot);
+        return sealer.prepare(shared, peer, buf, len, now, slot, false);
     }
     shared.switch.learn(src, LOCAL, shared.stamp(now));
     let target = if switch::is_group(&dst) {
@@ -451,7 +468,7 @@ async fn send_frame(
             shared.drops.count(DropReason::Hairpin);
             None
         }
-        Some((_, Some(peer))) => sealer.prepare(shared, peer, buf, len, now, slot),
+        Some((_, Some(peer))) => sealer.prepare(shared, peer, buf, len, now, slot, false),
         _ => {
             flood_to_peers(shared, table, sealer, buf, len, flood, None, now).await;
             None

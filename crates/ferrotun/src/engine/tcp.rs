@@ -271,7 +271,11 @@ async fn read_loop(
                         .await;
                     return Err("a message it may not send".into());
                 }
-                Verdict::Deliver { start, len } => scratch.deliver(0, r.start + start, len),
+                Verdict::Deliver {
+                    start,
+                    len,
+                    partial,
+                } => scratch.deliver(0, r.start + start, len, partial),
                 Verdict::Accepted | Verdict::Dropped => {}
             }
         }
