@@ -15,6 +15,12 @@
 /// The folded one's-complement sum of `data` taken as big-endian 16-bit words, an odd
 /// last byte padded with zero.
 pub(crate) fn sum(data: &[u8]) -> u32 {
+    // Headers and addresses (most calls) are summed word by word: for them the vector
+    // copy's set-up cost more than the sum (perf: 2.5 % of the sending process when only
+    // the headers of its packets were summed).
+    if data.len() < 2 * LANES {
+        return fold_ne(add_words(0, data));
+    }
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
@@ -69,18 +75,30 @@ fn sum_lanes(data: &[u8]) -> u32 {
             }
         }
         acc += lanes.iter().map(|&l| u64::from(l)).sum::<u64>();
-        let rest = blocks.remainder();
-        let mut words = rest.chunks_exact(4);
-        for w in &mut words {
-            acc += u64::from(u32::from_ne_bytes([w[0], w[1], w[2], w[3]]));
-        }
-        let rest = words.remainder();
-        let mut tail = [0u8; 4];
-        tail[..rest.len()].copy_from_slice(rest);
-        acc += u64::from(u32::from_ne_bytes(tail));
+        acc = add_words(acc, blocks.remainder());
     }
-    // Folded in the host's byte order; turned into network order by one swap (a no-op on
-    // big-endian hosts).
+    fold_ne(acc)
+}
+
+/// Adds `data` to `acc` as native-endian 32-bit words, the last one padded with zeros.
+#[inline(always)]
+fn add_words(mut acc: u64, data: &[u8]) -> u64 {
+    let mut words = data.chunks_exact(4);
+    for w in &mut words {
+        acc += u64::from(u32::from_ne_bytes([w[0], w[1], w[2], w[3]]));
+    }
+    let mut tail = [0u8; 4];
+    // Not `copy_from_slice`: for at most three bytes that is a call to `memcpy`.
+    for (t, b) in tail.iter_mut().zip(words.remainder()) {
+        *t = *b;
+    }
+    acc + u64::from(u32::from_ne_bytes(tail))
+}
+
+/// Folds a sum of native-endian words and turns it into network order (one swap, a no-op
+/// on big-endian hosts).
+#[inline(always)]
+fn fold_ne(acc: u64) -> u32 {
     u32::from(u16::from_be(fold64(acc)))
 }
 
