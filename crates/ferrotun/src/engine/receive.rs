@@ -67,8 +67,9 @@ pub struct ReceiveScratch {
     run: Vec<Range<usize>>,
     outcomes: Vec<Opened>,
     /// The traffic of this batch's packets for the device, added to their peers' counters
-    /// when the batch is flushed.
+    /// when the batch is flushed, and how many had partial checksums.
     tally: Tally,
+    partial_checksums: u64,
 }
 
 /// See [`ReceiveScratch::seen`].
@@ -136,6 +137,7 @@ impl ReceiveScratch {
             seen: Seen::default(),
             ahead: None,
             tally: Tally::received(),
+            partial_checksums: 0,
             opened: VecDeque::with_capacity(64),
             run: Vec::with_capacity(64),
             outcomes: Vec::with_capacity(64),
@@ -154,15 +156,7 @@ impl ReceiveScratch {
     /// `peer`'s receiving keypair with index `receiver` (the last one looked up is kept for
     /// the batch).
     fn keypair(&mut self, peer: &Peer, receiver: u32) -> Option<Arc<Keypair>> {
-        match &self.seen.keypair {
-            Some((index, kp)) if *index == receiver => Some(Arc::clone(kp)),
-            _ => {
-                let keypairs = peer.recv_keypairs.load();
-                let kp = keypairs.iter().find(|k| k.local_index() == receiver)?;
-                self.seen.keypair = Some((receiver, Arc::clone(kp)));
-                Some(Arc::clone(kp))
-            }
-        }
+        find_keypair(&mut self.seen.keypair, peer, receiver).cloned()
     }
 
     /// Opens the data messages among the messages `ranges` of `buf` (the datagrams of a
@@ -281,6 +275,10 @@ impl ReceiveScratch {
     ) {
         self.seen = Seen::default();
         self.tally.flush();
+        if self.partial_checksums > 0 {
+            let n = std::mem::take(&mut self.partial_checksums);
+            shared.partial_checksums.fetch_add(n, Ordering::Relaxed);
+        }
         if self.deliveries.is_empty() {
             return;
         }
@@ -551,11 +549,41 @@ pub async fn receive_one(
     }
 }
 
+/// `peer`'s receiving keypair with index `receiver`, kept in `last` for the next message.
+fn find_keypair<'k>(
+    last: &'k mut Option<(u32, Arc<Keypair>)>,
+    peer: &Peer,
+    receiver: u32,
+) -> Option<&'k Arc<Keypair>> {
+    if !matches!(last, Some((index, _)) if *index == receiver) {
+        let keypairs = peer.recv_keypairs.load();
+        let kp = keypairs.iter().find(|k| k.local_index() == receiver)?;
+        *last = Some((receiver, Arc::clone(kp)));
+    }
+    last.as_ref().map(|(_, kp)| kp)
+}
+
 async fn receive_data(
     shared: &Shared,
     buf: &mut [u8],
     src: Source<'_>,
     scratch: &mut ReceiveScratch,
+) -> Verdict {
+    // The batch's lookups are taken out of the scratch for the message, so that the table
+    // and keypair are borrowed from them rather than cloned (an atomic increment and
+    // decrement each, per message), and put back after.
+    let mut seen = std::mem::take(&mut scratch.seen);
+    let verdict = receive_data_seen(shared, buf, src, scratch, &mut seen).await;
+    scratch.seen = seen;
+    verdict
+}
+
+async fn receive_data_seen(
+    shared: &Shared,
+    buf: &mut [u8],
+    src: Source<'_>,
+    scratch: &mut ReceiveScratch,
+    seen: &mut Seen,
 ) -> Verdict {
     let receiver = match DataMessage::new_checked(&buf[..]) {
         Ok(m) => m.receiver(),
@@ -565,14 +593,19 @@ async fn receive_data(
         }
     };
     let now = scratch.now;
-    let table = scratch.table(shared);
+    let Seen {
+        table,
+        keypair,
+        endpoint,
+    } = seen;
+    let table: &PeerTable = table.get_or_insert_with(|| shared.table.load_full());
     let Some(peer) = table.get(SessionIndex::of_receiver(receiver).slot()) else {
         shared.drop_packet(DropReason::UnknownIndex, || {
             format!("index {receiver:#010x} from {src}")
         });
         return Verdict::Dropped;
     };
-    let Some(kp) = scratch.keypair(peer, receiver) else {
+    let Some(kp) = find_keypair(keypair, peer, receiver) else {
         shared.drop_packet(DropReason::UnknownIndex, || {
             format!("index {receiver:#010x} from {src}")
         });
@@ -608,9 +641,9 @@ async fn receive_data(
         c.authenticate(peer.slot);
     }
     let path = (peer.slot, Path::of(&src));
-    if scratch.seen.endpoint != Some(path) {
+    if *endpoint != Some(path) {
         peer.set_endpoint(src.to_peer_addr());
-        scratch.seen.endpoint = Some(path);
+        *endpoint = Some(path);
     }
     if kp.local_index() == peer.next_index.load(Ordering::Relaxed)
         && peer.notes.confirm.swap(kp.local_index(), Ordering::AcqRel) != kp.local_index()
@@ -666,7 +699,7 @@ async fn receive_data(
         &buf[range]
     };
     let to = match shared.mode {
-        Mode::Tun => match check_ip(shared, &table, peer, payload) {
+        Mode::Tun => match check_ip(shared, table, peer, payload) {
             Some(n) if partial && vnet::partial_checksum(&payload[..n], Layer::Ip).is_none() => {
                 shared.drop_for(peer, DropReason::Malformed, || {
                     format!(
@@ -688,7 +721,7 @@ async fn receive_data(
         Mode::Tap => {
             let to = switch_frame(
                 shared,
-                &table,
+                table,
                 peer,
                 payload,
                 wire_len,
@@ -703,7 +736,7 @@ async fn receive_data(
         }
     };
     if partial && matches!(to, Switched::Device(_)) {
-        shared.partial_checksums.fetch_add(1, Ordering::Relaxed);
+        scratch.partial_checksums += 1;
     }
     match to {
         Switched::Device(len) if compressed => {
