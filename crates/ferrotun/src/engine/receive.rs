@@ -178,25 +178,15 @@ impl ReceiveScratch {
             let Some(msg) = buf.get(at..end) else {
                 continue;
             };
-            let kp = DataMessage::new_checked(msg)
-                .ok()
-                .map(|m| m.receiver())
-                .and_then(|receiver| {
-                    if let Some((index, kp)) = &current
-                        && *index == receiver
-                    {
-                        return Some((receiver, Arc::clone(kp)));
-                    }
+            let receiver = DataMessage::new_checked(msg).ok().map(|m| m.receiver());
+            let same = matches!((receiver, &current), (Some(r), Some((i, _))) if r == *i);
+            if !same {
+                let kp = receiver.and_then(|receiver| {
                     let table = self.table(shared);
                     let peer = table.get(SessionIndex::of_receiver(receiver).slot())?;
                     let kp = self.keypair(peer, receiver)?;
                     (self.now < kp.created() + REJECT_AFTER_TIME).then_some((receiver, kp))
                 });
-            let same = match (&kp, &current) {
-                (Some((a, _)), Some((b, _))) => a == b,
-                _ => false,
-            };
-            if !same {
                 self.open_run(buf, current.take());
                 current = kp;
             }
