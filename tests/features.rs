@@ -222,6 +222,80 @@ fn partial_checksums_arrive_whole_whether_the_receiver_has_offloads_or_not() {
     }
 }
 
+/// Packets that wait for the first handshake (staged) are sent later as plain IP packets,
+/// so one that came from the device with a partial checksum (a UDP datagram of the
+/// client's kernel, with TUN offloads on) is completed before it waits: the server's
+/// kernel would drop it otherwise.
+#[test]
+fn datagrams_sent_before_the_first_handshake_arrive_with_good_checksums() {
+    let lab = Lab::two_hosts().unwrap();
+    let cfg = Configs::new();
+    let (a, b) = (lab.a(), lab.b());
+    let _client = start_client(&lab, b, "client", &cfg.client());
+    wait_until("the client's address", UP, || {
+        b.ns().udp_bind(sock("10.77.0.2:0")).is_ok()
+    })
+    .unwrap();
+    // Bound to the wildcard address: the server's tunnel address does not exist yet.
+    let sink = UdpSink::bind(a.ns(), sock("0.0.0.0:7000")).unwrap();
+    let tx = b.ns().udp_bind(sock("10.77.0.2:0")).unwrap();
+    // Of growing sizes, so that the server's writer cannot merge them into one UDP
+    // super-segment (whose checksums its kernel would compute afresh).
+    for seq in 0..10 {
+        send_sequence(
+            &tx,
+            sock("10.77.0.1:7000"),
+            seq..seq + 1,
+            100 + 50 * seq as usize,
+        )
+        .unwrap();
+    }
+    let _server = start_server(&lab, a, &cfg.server());
+    sink.wait_for_count(10, Duration::from_secs(40))
+        .expect("the staged datagrams arrive");
+    let mut seqs = sink.seqs();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..10).collect::<Vec<u64>>());
+}
+
+/// A TAP server that floods a frame (a broadcast) to its device and to the other peers
+/// counts it once as received from its sender, as the sender counts it once as sent.
+#[test]
+fn a_flooded_frame_is_counted_once() {
+    let cell = cell_up(T::Udp, true, false);
+    let (lab, b) = (&cell.lab, cell.lab.b());
+    let count = |who: &str, key: &str| show_json(lab, who)["peers"][0][key].as_u64().unwrap();
+    let sent0 = count("client", "tx_packets");
+    let got0 = count("server", "rx_packets");
+    let out = b
+        .ns()
+        .exec(
+            "ping",
+            [
+                "-n",
+                "-q",
+                "-b",
+                "-c",
+                "20",
+                "-i",
+                "0.02",
+                "-W",
+                "1",
+                "10.77.0.255",
+            ],
+        )
+        .unwrap_or_default();
+    let mut last = (0, 0);
+    wait_until("the server to count what the client sent", UP, || {
+        last = (
+            count("client", "tx_packets") - sent0,
+            count("server", "rx_packets") - got0,
+        );
+        last.0 >= 20 && last.0 == last.1
+    })
+    .unwrap_or_else(|e| panic!("{e}: sent {}, received {} ({out})", last.0, last.1));
+}
+
 #[test]
 fn a_compression_mismatch_is_refused_with_the_reason() {
     let lab = Lab::two_hosts().unwrap();

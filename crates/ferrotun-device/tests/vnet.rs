@@ -54,6 +54,19 @@ fn resplit(frame: &[u8]) -> Vec<Vec<u8>> {
     split(&mut Reader::new(), frame, 256)
 }
 
+/// `packet` (IPv4 or IPv6 without options, then TCP or UDP) with a transport checksum of
+/// 0x0000 written as 0xffff. Both mean the same in one's complement: a TCP checksum
+/// computed in full may come out 0x0000, while one completed from a partial sum is stored
+/// as 0xffff, as the kernel's `skb_checksum_help()` does.
+fn zero_sum_as_ones(packet: &[u8], v6: bool, tcp: bool) -> Vec<u8> {
+    let field = if v6 { 40 } else { 20 } + if tcp { 16 } else { 6 };
+    let mut p = packet.to_vec();
+    if p[field..field + 2] == [0, 0] {
+        p[field..field + 2].copy_from_slice(&[0xff, 0xff]);
+    }
+    p
+}
+
 /// Checks a frame from the writer: a merged super-segment has a coherent header and a
 /// partial checksum, a single packet an all-zero header and a complete one. Returns
 /// whether it was merged.
@@ -208,22 +221,36 @@ proptest! {
             prop_assert!(parse_checked(p, true).is_ok(), "a pseudo-header sum");
             let mut done = p.clone();
             prop_assert!(vnet::complete_checksum(&mut done, vnet::Layer::Ip));
-            prop_assert_eq!(&done, f);
+            prop_assert_eq!(zero_sum_as_ones(&done, v6, tcp), zero_sum_as_ones(f, v6, tcp));
         }
 
         let offloads = if uso { Offloads::ALL } else { Offloads::TSO };
         let want = coalesce(&mut Writer::new(offloads), &full, HEADROOM);
         let mut writer = Writer::new(offloads).trust_checksums(trusted);
-        let mut bufs: Vec<Vec<u8>> = partial
-            .iter()
-            .map(|p| [&[0u8; HEADROOM][..], p].concat())
-            .collect();
+        let bufs = || -> Vec<Vec<u8>> {
+            partial.iter().map(|p| [&[0u8; HEADROOM][..], p].concat()).collect()
+        };
         let lens: Vec<usize> = partial.iter().map(Vec::len).collect();
-        writer.prepare_partial(&mut bufs, HEADROOM, &lens, &vec![true; lens.len()]).unwrap();
+        let marks = vec![true; lens.len()];
+        let mut twin = writer.clone();
+        let mut whole = bufs();
+        writer.prepare_partial(&mut whole, HEADROOM, &lens, &marks).unwrap();
         let mut got = Vec::new();
-        while let Some(f) = writer.next_frame(&mut bufs, HEADROOM) {
+        while let Some(f) = writer.next_frame(&mut whole, HEADROOM) {
             got.push(f.to_vec());
         }
+        // As written (in parts), the same frames.
+        let mut in_parts = bufs();
+        twin.prepare_partial(&mut in_parts, HEADROOM, &lens, &marks).unwrap();
+        let mut joined = Vec::new();
+        loop {
+            let mut parts = [std::io::IoSlice::new(&[]); MAX_SEGMENTS];
+            let Some(f) = twin.next_frame_parts(&mut in_parts, HEADROOM, &mut parts) else {
+                break;
+            };
+            joined.push(f.iter().flat_map(|p| p.iter().copied()).collect::<Vec<u8>>());
+        }
+        prop_assert_eq!(&joined, &got);
         prop_assert_eq!(got.len(), want.len());
         prop_assert_eq!(writer.stats().bad_checksums, 0);
         for (g, w) in got.iter().zip(&want) {
@@ -236,7 +263,41 @@ proptest! {
             prop_assert_eq!((flags, start, off), (1, l4, if tcp { 16 } else { 6 }));
             let mut done = g[VNET..].to_vec();
             prop_assert!(vnet::complete_checksum(&mut done, vnet::Layer::Ip));
-            prop_assert_eq!(&done[..], &w[VNET..]);
+            prop_assert_eq!(
+                zero_sum_as_ones(&done, v6, tcp),
+                zero_sum_as_ones(&w[VNET..], v6, tcp)
+            );
+        }
+    }
+
+    /// Finding and completing a partial checksum takes any bytes a peer may send without
+    /// panicking, and changes only the two bytes of the field it found.
+    #[test]
+    fn partial_checksums_of_arbitrary_bytes_never_panic(
+        bytes in prop::collection::vec(any::<u8>(), 0..200),
+        ethernet in any::<bool>(),
+        version in prop::sample::select(vec![4u8, 6]),
+        protocol in prop::sample::select(vec![6u8, 17, 1]),
+    ) {
+        let layer = if ethernet { vnet::Layer::Ethernet } else { vnet::Layer::Ip };
+        let mut p = bytes.clone();
+        // Often enough an IP header that is nearly plausible.
+        if !ethernet && p.len() > 40 {
+            p[0] = (version << 4) | (p[0] & 0x0f);
+            p[if version == 4 { 9 } else { 6 }] = protocol;
+        }
+        let before = p.clone();
+        let found = vnet::partial_checksum(&p, layer);
+        let done = vnet::complete_checksum(&mut p, layer);
+        prop_assert_eq!(done, found.is_some());
+        match found {
+            Some(f) => {
+                prop_assert!(f.start < f.end && f.end <= p.len());
+                let field = f.start + f.offset;
+                prop_assert_eq!(&p[..field], &before[..field]);
+                prop_assert_eq!(&p[field + 2..], &before[field + 2..]);
+            }
+            None => prop_assert_eq!(&p, &before),
         }
     }
 
@@ -503,6 +564,39 @@ fn a_reader_leaving_checksums_partial_keeps_them_where_the_kernel_said() {
         frame.extend_from_slice(&full);
         assert_eq!(split_marked(&mut reader(), &frame, 4), vec![(full, false)]);
     }
+}
+
+/// An IPv6 super-segment with an extension header between the fixed header and TCP is
+/// cut as any other, but with full checksums: a receiver would have to walk the extension
+/// headers to find the checksum field, so such packets are never partial.
+#[test]
+fn packets_behind_ipv6_extension_headers_keep_full_checksums() {
+    let data = payload(5000, 9);
+    let plain = Tcp::new(Flow::v6(4), 1000).super_frame(&data, 1200, 0);
+    // Insert an 8-byte hop-by-hop options header (next header TCP, PadN) after the fixed
+    // header, and move everything the virtio-net header counts past it.
+    let (vnet, ip) = plain.split_at(VNET);
+    let mut frame = vnet.to_vec();
+    frame.extend_from_slice(&ip[..40]);
+    frame.extend_from_slice(&[6, 0, 1, 4, 0, 0, 0, 0]);
+    frame.extend_from_slice(&ip[40..]);
+    frame[VNET + 6] = 0; // next header: hop-by-hop options
+    let payload_len = u16::from_be_bytes([frame[VNET + 4], frame[VNET + 5]]) + 8;
+    frame[VNET + 4..VNET + 6].copy_from_slice(&payload_len.to_be_bytes());
+    for field in [2, 6] {
+        // hdr_len and csum_start
+        let v = u16::from_le_bytes([frame[field], frame[field + 1]]) + 8;
+        frame[field..field + 2].copy_from_slice(&v.to_le_bytes());
+    }
+    let full = split(&mut Reader::new(), &frame, 8);
+    assert_eq!(full.len(), 5);
+    let mut r = Reader::new().leave_checksums_partial(true);
+    let marked = split_marked(&mut r, &frame, 8);
+    assert_eq!(r.stats().checksums_left_partial, 0);
+    assert_eq!(
+        marked,
+        full.into_iter().map(|p| (p, false)).collect::<Vec<_>>()
+    );
 }
 
 fn fold16(mut s: u32) -> u16 {

@@ -153,9 +153,9 @@ pub enum Encapsulated {
 /// What [`Session::decapsulate`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decapsulated {
-    /// A payload at `buf[range]`. For `flags` empty (an IP packet) the range is already
-    /// trimmed to the IP header's length (padding removed); otherwise it is the whole
-    /// plaintext (decompress it if [`PayloadFlags::COMPRESSED`]).
+    /// A payload at `buf[range]`. For an IP packet ([`PayloadFlags::is_ip_packet`]) the
+    /// range is already trimmed to the IP header's length (padding removed); otherwise it
+    /// is the whole plaintext (decompress it if [`PayloadFlags::COMPRESSED`]).
     Data {
         /// How to read the payload.
         flags: PayloadFlags,
@@ -510,7 +510,7 @@ impl Session {
             return Ok(Decapsulated::Keepalive);
         }
         self.on_data_received(now);
-        if flags.is_empty() {
+        if flags.is_ip_packet() {
             let n = ip_packet_len(&buf[range.clone()])
                 .ok_or(TransportError::MalformedInnerPacket { len: range.len() })?;
             return Ok(Decapsulated::Data {

@@ -106,8 +106,7 @@ pub fn sealed_len(flags: PayloadFlags, len: usize, mtu: usize) -> usize {
 /// 16 but never beyond `max(len, mtu)`; other payloads are never padded (their length
 /// could not be recovered).
 pub fn padded_len(flags: PayloadFlags, len: usize, mtu: usize) -> usize {
-    let framed = PayloadFlags::COMPRESSED.union(PayloadFlags::ETHERNET);
-    if flags.bits() & framed.bits() != 0 || len >= mtu {
+    if !flags.is_ip_packet() || len >= mtu {
         return len;
     }
     len.next_multiple_of(PADDING_MULTIPLE).min(mtu)

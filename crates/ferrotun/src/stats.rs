@@ -247,7 +247,8 @@ impl Tally {
         self.payload += payload as u64;
     }
 
-    /// Adds what was counted to the peer's counters, and lets the peer go.
+    /// Adds what was counted to the peer's counters, and lets the peer go. Dropping the
+    /// tally does the same.
     pub fn flush(&mut self) {
         if let Some(peer) = self.peer.take() {
             peer.traffic.add(self.sent, self);
@@ -255,6 +256,12 @@ impl Tally {
         self.packets = 0;
         self.bytes = 0;
         self.payload = 0;
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -311,6 +318,10 @@ mod tests {
         r.flush();
         assert_eq!(rx(&b), [1, 7, 3]);
         assert_eq!((rx(&a), tx(&b)), ([0; 3], [1, 10, 10]));
+        let mut dropped = Tally::received();
+        dropped.count(&a, 5, 5);
+        drop(dropped);
+        assert_eq!(rx(&a), [1, 5, 5], "a dropped tally adds what it counted");
         assert_eq!(
             Arc::strong_count(&a),
             1,

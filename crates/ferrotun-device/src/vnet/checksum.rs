@@ -2,9 +2,10 @@
 //! RFC 768, RFC 8200 §8.1).
 //!
 //! Sums are kept as `u32` values below `0x1_0000` ("folded" but not complemented), so
-//! partial sums of separate ranges combine with [`add`]. The bulk sum reads the data as
-//! native-endian 16-bit words and swaps bytes once at the end: one's-complement sums do
-//! not depend on byte order (RFC 1071 §2(B)). It adds the words of each 64-byte block
+//! partial sums of separate ranges combine with [`add`]. The sum reads the data as
+//! native-endian words (16-bit ones in the vector lanes, 32-bit ones for short inputs and
+//! tails) and swaps bytes once at the end: one's-complement sums do not depend on byte
+//! order (RFC 1071 §2(B)). It adds the words of each 64-byte block
 //! into 32 lanes of 32 bits (so no lane needs a carry), which the compiler turns into
 //! vector additions; on x86-64 a copy compiled for AVX-512 or AVX2 is chosen at run
 //! time, since the baseline target has only SSE2. Measured with a throwaway loop on the

@@ -20,7 +20,9 @@
 //!   may be shorter and ends the super-segment;
 //! - no IPv4 options and no fragments, no IPv6 extension headers;
 //! - the checksums are valid (the merged packet gets a partial checksum that the kernel
-//!   treats as verified, so a corrupted segment would otherwise be accepted as good);
+//!   treats as verified, so a corrupted segment would otherwise be accepted as good),
+//!   unless the writer trusts them or the caller gave the packet as partial (it has no
+//!   checksum to verify yet);
 //! - the merged packet stays within [`MAX_PACKET`] bytes and [`MAX_SEGMENTS`] segments;
 //! - on TAP, the link-layer headers are equal byte for byte: destination and source MAC,
 //!   every VLAN tag (TPID, priority, VLAN id) and the EtherType (`eth_gro_receive()` in
@@ -65,7 +67,7 @@ const NONE: u32 = u32::MAX;
 pub struct WriterStats {
     /// IP packets (TUN) or frames (TAP) handed in.
     pub packets: u64,
-    /// Frames produced (one `write` system call each).
+    /// Frames produced (one `write` or `writev` system call each).
     pub frames: u64,
     /// Frames that were merged super-segments.
     pub merged_frames: u64,
@@ -224,7 +226,8 @@ impl Writer {
     /// first, and the merged frame asks the kernel for a fresh one (`NEEDS_CSUM`), as for
     /// any merged frame. Kernel WireGuard trusts decrypted packets the same way (it marks
     /// them `CHECKSUM_UNNECESSARY`). Packets written alone are untouched, and the kernel
-    /// verifies them as usual (a TUN write ignores `DATA_VALID`).
+    /// verifies them as usual (a TUN write ignores `DATA_VALID`), but for those given as
+    /// partial ([`prepare_partial`](Self::prepare_partial)), whose checksum it completes.
     pub fn trust_checksums(mut self, on: bool) -> Writer {
         self.trusted = on;
         self

@@ -20,19 +20,23 @@ use super::{Layer, checksum, ethernet};
 
 /// Where a packet's transport checksum lies: `start` is the offset of the transport
 /// header from the first byte of the packet (of the frame, on TAP), `offset` that of the
-/// checksum field within it. The virtio-net header's `csum_start` and `csum_offset`.
+/// checksum field within it (the virtio-net header's `csum_start` and `csum_offset`), and
+/// `end` where the IP packet ends by its own header, which is where the sum ends (bytes
+/// after it, an Ethernet frame's padding, are not summed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartialChecksum {
     /// Offset of the transport header.
     pub start: usize,
     /// Offset of the checksum field from `start`: 16 for TCP, 6 for UDP.
     pub offset: usize,
+    /// Offset of the end of the IP packet.
+    pub end: usize,
 }
 
 /// Where the transport checksum of `packet` (an IP packet, or on [`Layer::Ethernet`] an
 /// Ethernet frame) lies, if the packet may carry a partial checksum: IPv4 that is not a
 /// fragment, or IPv6 without extension headers, carrying TCP or UDP whose header lies
-/// whole in `packet`. `None` for any other packet.
+/// whole in the packet, and the packet whole in `packet`. `None` for any other packet.
 pub fn partial_checksum(packet: &[u8], layer: Layer) -> Option<PartialChecksum> {
     let l3 = match layer {
         Layer::Ip => 0,
@@ -43,12 +47,16 @@ pub fn partial_checksum(packet: &[u8], layer: Layer) -> Option<PartialChecksum> 
         }
     };
     let ip = &packet[l3..];
-    let (l4, protocol) = match ip.first()? >> 4 {
+    let (l4, protocol, len) = match ip.first()? >> 4 {
         4 if ip.len() >= IPV4_HEADER_MIN && get16(ip, IPV4_FRAG) & IPV4_FRAG_MASK == 0 => {
             let ihl = usize::from(ip[0] & 0x0f) * 4;
-            (ihl >= IPV4_HEADER_MIN).then_some((ihl, ip[IPV4_PROTOCOL]))?
+            let len = usize::from(get16(ip, IPV4_TOTAL_LEN));
+            (ihl >= IPV4_HEADER_MIN).then_some((ihl, ip[IPV4_PROTOCOL], len))?
         }
-        6 if ip.len() >= IPV6_HEADER_LEN => (IPV6_HEADER_LEN, ip[IPV6_NEXT_HEADER]),
+        6 if ip.len() >= IPV6_HEADER_LEN => {
+            let len = IPV6_HEADER_LEN + usize::from(get16(ip, IPV6_PAYLOAD_LEN));
+            (IPV6_HEADER_LEN, ip[IPV6_NEXT_HEADER], len)
+        }
         _ => return None,
     };
     let (header, offset) = match protocol {
@@ -56,9 +64,10 @@ pub fn partial_checksum(packet: &[u8], layer: Layer) -> Option<PartialChecksum> 
         PROTO_UDP => (UDP_HEADER_LEN, UDP_CHECKSUM.start),
         _ => return None,
     };
-    (ip.len() >= l4 + header).then_some(PartialChecksum {
+    (l4 + header <= len && len <= ip.len()).then_some(PartialChecksum {
         start: l3 + l4,
         offset,
+        end: l3 + len,
     })
 }
 
@@ -72,7 +81,7 @@ pub fn complete_checksum(packet: &mut [u8], layer: Layer) -> bool {
     let Some(p) = partial_checksum(packet, layer) else {
         return false;
     };
-    let c = checksum::finish(checksum::sum(&packet[p.start..]));
+    let c = checksum::finish(checksum::sum(&packet[p.start..p.end]));
     let c = if c == 0 { 0xffff } else { c };
     put16(packet, at(p.start + p.offset, 0..2), c);
     true
@@ -142,15 +151,21 @@ mod tests {
                     let field = p.start + p.offset;
                     set_partial(&mut partial, v6, protocol, full.len() - p.start, field);
                     assert_ne!(partial, full);
+                    let left_partial = partial.clone();
                     assert!(complete_checksum(&mut partial, Layer::Ip));
                     assert_eq!(partial, full, "v6 {v6} protocol {protocol} len {len}");
                     // Behind an Ethernet header with a VLAN tag, counted from the frame.
                     let mut frame = vec![0u8; 12];
                     frame.extend_from_slice(&[0x81, 0x00, 0x00, 0x0a]);
                     frame.extend_from_slice(if v6 { &[0x86, 0xdd] } else { &[0x08, 0x00] });
-                    frame.extend_from_slice(&partial);
+                    frame.extend_from_slice(&left_partial);
                     let at_frame = partial_checksum(&frame, Layer::Ethernet).unwrap();
                     assert_eq!(at_frame.start, 18 + p.start);
+                    // Padding after the IP packet (a short Ethernet frame's) is not
+                    // summed.
+                    frame.extend_from_slice(&[0xee; 7]);
+                    assert!(complete_checksum(&mut frame, Layer::Ethernet));
+                    assert_eq!(&frame[18..18 + full.len()], &full[..]);
                 }
             }
         }
@@ -188,6 +203,8 @@ mod tests {
         let mut v6_ext = packet(true, PROTO_TCP, b"data");
         v6_ext[IPV6_NEXT_HEADER] = 0; // hop-by-hop options
         let cut = &tcp[..20 + 19];
+        let mut longer = tcp.clone();
+        put16(&mut longer, IPV4_TOTAL_LEN, tcp.len() as u16 + 1);
         let mut short_ihl = tcp.clone();
         short_ihl[0] = 0x44;
         for (what, p) in [
@@ -195,6 +212,7 @@ mod tests {
             ("ICMP", &icmp),
             ("IPv6 extension header", &v6_ext),
             ("cut TCP header", cut),
+            ("IP length beyond the buffer", &longer),
             ("IHL below 5", &short_ihl),
             ("empty", &[]),
             ("not IP", &[0x35; 60]),

@@ -24,9 +24,7 @@ use crate::asyncio::AsyncQueue;
 use crate::tun::{Queue, VNET_HDR_LEN};
 use crate::vnet::header::{GsoType, Header, HeaderRepr};
 use crate::vnet::packet::*;
-use crate::vnet::{
-    Error, Layer, MAX_PACKET, PartialChecksum, check_layer, checksum, ethernet, partial_checksum,
-};
+use crate::vnet::{Error, Layer, MAX_PACKET, check_layer, checksum, ethernet, partial_checksum};
 
 /// Counters of a [`Reader`], for statistics and for tests that must see offloads work.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -331,7 +329,7 @@ impl Reader {
                         How::Single(Some((start, offset))) => {
                             let packet = &self.frame[VNET_HDR_LEN..VNET_HDR_LEN + split.len];
                             partial_checksum(packet, self.layer)
-                                == Some(PartialChecksum { start, offset })
+                                .is_some_and(|p| p.start == start && p.offset == offset)
                         }
                         How::Single(None) => false,
                     };

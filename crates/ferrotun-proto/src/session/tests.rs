@@ -143,14 +143,21 @@ impl World {
     }
 
     fn seal(&mut self, from_a: bool, secs: f64, pkt: &[u8]) -> Vec<u8> {
+        self.seal_flagged(from_a, secs, PayloadFlags::NONE, pkt)
+    }
+
+    fn seal_flagged(
+        &mut self,
+        from_a: bool,
+        secs: f64,
+        flags: PayloadFlags,
+        pkt: &[u8],
+    ) -> Vec<u8> {
         let (now, _) = self.at(secs);
         let s = if from_a { &mut self.a.s } else { &mut self.b.s };
         let mut buf = vec![0u8; 16 + pkt.len() + 32];
         buf[16..16 + pkt.len()].copy_from_slice(pkt);
-        match s
-            .encapsulate(now, PayloadFlags::NONE, pkt.len(), &mut buf, MTU)
-            .unwrap()
-        {
+        match s.encapsulate(now, flags, pkt.len(), &mut buf, MTU).unwrap() {
             Encapsulated::Send(n) => {
                 buf.truncate(n);
                 buf
@@ -562,6 +569,10 @@ fn padded_ip_is_trimmed_and_garbage_inside_is_refused() {
     let d = w.seal(true, 1.0, &ipv4(45, 3));
     assert_eq!(d.len(), 16 + 48 + 16);
     assert_eq!(w.deliver(false, 1.0, d).unwrap(), Some(ipv4(45, 3)));
+    // A partial checksum leaves it an IP packet: padded and trimmed the same way.
+    let d = w.seal_flagged(true, 1.0, PayloadFlags::PARTIAL_CHECKSUM, &ipv4(45, 5));
+    assert_eq!(d.len(), 16 + 48 + 16);
+    assert_eq!(w.deliver(false, 1.0, d).unwrap(), Some(ipv4(45, 5)));
     let d = w.seal(true, 1.0, &[0x11; 20]);
     assert!(
         w.deliver(false, 1.0, d)

@@ -165,6 +165,12 @@ impl PayloadFlags {
     pub const fn union(self, other: PayloadFlags) -> PayloadFlags {
         PayloadFlags(self.0 | other.0)
     }
+    /// Whether the payload is a plain IP packet: neither compressed nor an Ethernet frame
+    /// (other flags say how to read the packet, not how to find it). Only such a payload
+    /// is padded, its length recovered from its IP header.
+    pub const fn is_ip_packet(self) -> bool {
+        self.0 & (Self::COMPRESSED.0 | Self::ETHERNET.0) == 0
+    }
 }
 
 /// Capabilities a peer announces in its handshake message (byte 1; authenticated through

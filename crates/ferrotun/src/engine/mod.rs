@@ -379,8 +379,8 @@ pub struct Shared {
     /// Packets received with a partial checksum
     /// ([`PayloadFlags::PARTIAL_CHECKSUM`](ferrotun_proto::PayloadFlags::PARTIAL_CHECKSUM)).
     pub partial_checksums: std::sync::atomic::AtomicU64,
-    /// Partial checksums this side completed itself (its device has no offloads to hand
-    /// them to).
+    /// Partial checksums this side completed itself (its device has no virtio-net header,
+    /// `offload = false`, to hand them to the kernel with).
     pub checksums_completed: std::sync::atomic::AtomicU64,
     /// TCP connections waiting for a handshake.
     pub unauthenticated: Unauthenticated,

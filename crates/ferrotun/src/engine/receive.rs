@@ -318,6 +318,7 @@ impl ReceiveScratch {
                 }
             }
             None => {
+                let mut completed = 0;
                 for d in &self.deliveries {
                     let src = if d.buf == ARENA {
                         self.arena.as_mut_slice()
@@ -329,13 +330,18 @@ impl ReceiveScratch {
                         // No kernel to hand a partial checksum to: completed here. The
                         // receive path checked that the packet can have one.
                         vnet::complete_checksum(&mut buf[HEADROOM..], vnet::Layer::Ip);
-                        shared.checksums_completed.fetch_add(1, Ordering::Relaxed);
+                        completed += 1;
                     }
                     if let Err(e) = shared.tun.write(self.queue, buf, HEADROOM, d.len).await {
                         shared.drop_packet(DropReason::SendFailed, || {
                             format!("writing to the device: {e}")
                         });
                     }
+                }
+                if completed > 0 {
+                    shared
+                        .checksums_completed
+                        .fetch_add(completed, Ordering::Relaxed);
                 }
             }
         }
@@ -866,7 +872,7 @@ async fn switch_frame(
             Switched::Elsewhere
         }
         Port::Flood => {
-            peer.traffic.received(len, wire_len);
+            // Also for the device: counted by the caller, in its tally.
             fwd.forward[DATA_HEADER_LEN..DATA_HEADER_LEN + len].copy_from_slice(frame);
             flood_to_peers(
                 shared,

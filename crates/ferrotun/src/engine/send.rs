@@ -169,7 +169,7 @@ impl Sealer {
                 self.seal_with(shared, to, found, buf, len, now, compress)
             }
             Sealing::Batch(peer, ..) => {
-                let seen = match self.seen.take() {
+                let mut seen = match self.seen.take() {
                     Some(s) if Arc::ptr_eq(&s.peer, peer) => s,
                     _ => Seen {
                         peer: Arc::clone(peer),
@@ -177,6 +177,15 @@ impl Sealer {
                         keypair: peer.send_keypair.load_full(),
                     },
                 };
+                // What was missing may have come since (a handshake that completed
+                // during the batch): looked up again rather than staging or dropping the
+                // rest of the batch on an old answer.
+                if seen.endpoint.is_none() {
+                    seen.endpoint = peer.endpoint();
+                }
+                if seen.keypair.is_none() {
+                    seen.keypair = peer.send_keypair.load_full();
+                }
                 let found = (seen.endpoint.clone(), seen.keypair.as_ref());
                 let r = self.seal_with(shared, to, found, buf, len, now, compress);
                 self.seen = Some(seen);
