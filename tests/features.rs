@@ -296,6 +296,123 @@ fn a_flooded_frame_is_counted_once() {
     .unwrap_or_else(|e| panic!("{e}: sent {}, received {} ({out})", last.0, last.1));
 }
 
+/// A peer chooses every byte it seals, the payload flags included. A packet it marks as
+/// carrying a partial checksum where there is no TCP or UDP checksum field to complete
+/// (here an ICMP echo request) is dropped and counted as malformed, not handed to the
+/// kernel; a marked UDP datagram from the same peer, whose field holds its pseudo-header
+/// sum, arrives. The peer is made by hand from alice's key (no ferrotun-client).
+#[test]
+fn a_partial_checksum_mark_on_a_packet_without_the_field_is_dropped() {
+    use ferrotun_proto::handshake::{PeerHandshake, ResponseVerdict};
+    use ferrotun_proto::{
+        AeadBackend, Identity, Keypair, OsEntropy, PayloadFlags, PresharedKey, PrivateKey,
+        PublicKey,
+    };
+    let lab = Lab::two_hosts().unwrap();
+    let cfg = Configs::new();
+    let (a, b) = (lab.a(), lab.b());
+    let _server = start_server(&lab, a, &cfg.server());
+    let sink = UdpSink::bind(a.ns(), sock("10.77.0.1:7000")).unwrap();
+    let alice = PrivateKey::from_base64(cfg.read("keys/alice.key").trim()).unwrap();
+    let server = PublicKey::from_base64(cfg.read("keys/server.pub").trim()).unwrap();
+    let mut hs = PeerHandshake::new(
+        std::sync::Arc::new(Identity::new(alice)),
+        server,
+        PresharedKey::default(),
+    )
+    .unwrap();
+    let udp = b.ns().udp_bind(sock("198.18.0.2:0")).unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let to = sock("198.18.0.1:51820");
+    udp.send_to(&initiation(&mut hs, 0x0100), to).unwrap();
+    let mut resp = [0u8; 256];
+    let (n, _) = udp.recv_from(&mut resp).expect("the server answers");
+    let keys = match hs
+        .consume_response(
+            &resp[..n],
+            &[],
+            false,
+            Instant::now(),
+            &mut OsEntropy,
+            &mut [0u8; 64],
+        )
+        .unwrap()
+    {
+        ResponseVerdict::Complete(k) => k,
+        ResponseVerdict::CookieReply(_) => panic!("the server is not under load"),
+    };
+    let kp = Keypair::new(
+        AeadBackend::Ring,
+        &keys.send,
+        &keys.receive,
+        keys.local_index,
+        keys.remote_index,
+        Instant::now(),
+        true,
+    );
+    // IPv4 from alice (10.77.0.2) to the server (10.77.0.1), the header checksum right;
+    // `transport` is what follows the 20-byte header.
+    let ipv4 = |protocol: u8, transport: &[u8]| -> Vec<u8> {
+        let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, protocol, 0, 0];
+        p.extend_from_slice(&[10, 77, 0, 2, 10, 77, 0, 1]);
+        p.extend_from_slice(transport);
+        let total = p.len() as u16;
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        let c = !fold(sum16(&p[..20]));
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p
+    };
+    let send = |packet: &[u8]| {
+        let mut buf = vec![0u8; 16 + packet.len() + 32];
+        buf[16..16 + packet.len()].copy_from_slice(packet);
+        let n = kp
+            .seal(PayloadFlags::PARTIAL_CHECKSUM, packet.len(), &mut buf, 1420)
+            .unwrap();
+        udp.send_to(&buf[..n], to).unwrap();
+    };
+    let malformed = || {
+        show_json(&lab, "server")["drops"]["malformed"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    // An echo request, its ICMP checksum right: the kernel would answer it if it got it.
+    let mut icmp = vec![8, 0, 0, 0, 0, 1, 0, 1];
+    icmp.extend_from_slice(b"partial?");
+    let c = !fold(sum16(&icmp));
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    send(&ipv4(1, &icmp));
+    wait_until("the marked ICMP packet counted as malformed", UP, || {
+        malformed() == 1
+    })
+    .unwrap();
+    // A UDP datagram to the sink whose checksum field holds the pseudo-header sum.
+    let mut datagram = vec![0xd4, 0x31, 0x1b, 0x58, 0, 0, 0, 0];
+    datagram.extend_from_slice(b"completed by the receiver");
+    let len = datagram.len() as u16;
+    datagram[4..6].copy_from_slice(&len.to_be_bytes());
+    let pseudo = fold(sum16(&[10, 77, 0, 2, 10, 77, 0, 1, 0, 17]) + u32::from(len));
+    datagram[6..8].copy_from_slice(&pseudo.to_be_bytes());
+    send(&ipv4(17, &datagram));
+    sink.wait_for_count(1, UP)
+        .expect("the marked UDP datagram arrives");
+    assert_eq!(sink.received()[0].len, datagram.len() - 8);
+    assert_eq!(malformed(), 1);
+}
+
+/// The one's-complement sum of `b` as big-endian 16-bit words, not folded.
+fn sum16(b: &[u8]) -> u32 {
+    b.chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+        .sum()
+}
+
+fn fold(mut s: u32) -> u16 {
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
 #[test]
 fn a_compression_mismatch_is_refused_with_the_reason() {
     let lab = Lab::two_hosts().unwrap();
@@ -696,7 +813,7 @@ fn a_tcp_connection_the_peer_left_half_open_is_closed_when_it_comes_back() {
 /// key no peer has: the server does a Diffie-Hellman for it unless it is under load.
 fn stranger_initiation(server_pub: &str) -> [u8; 148] {
     use ferrotun_proto::handshake::PeerHandshake;
-    use ferrotun_proto::{HandshakeFlags, Identity, OsEntropy, PresharedKey, PrivateKey, Tai64N};
+    use ferrotun_proto::{Identity, OsEntropy, PresharedKey, PrivateKey};
     let server = ferrotun_proto::PublicKey::from_base64(server_pub.trim()).unwrap();
     let stranger = Identity::new(PrivateKey::generate(&mut OsEntropy).unwrap());
     let mut hs = PeerHandshake::new(
@@ -705,9 +822,15 @@ fn stranger_initiation(server_pub: &str) -> [u8; 148] {
         PresharedKey::default(),
     )
     .unwrap();
+    initiation(&mut hs, 7)
+}
+
+/// A handshake initiation from `hs` with our index `index`, no flags, stamped now.
+fn initiation(hs: &mut ferrotun_proto::handshake::PeerHandshake, index: u32) -> [u8; 148] {
+    use ferrotun_proto::{HandshakeFlags, OsEntropy, Tai64N};
     let mut msg = [0u8; 148];
     hs.create_initiation(
-        7,
+        index,
         HandshakeFlags::NONE,
         Tai64N::from_system_time(std::time::SystemTime::now()),
         Instant::now(),
