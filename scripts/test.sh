@@ -57,7 +57,8 @@ flags=$(grep -m1 '^flags' /proc/cpuinfo || true)
 if ! { [[ " $flags " == *" avx512f "* ]] && [[ " $flags " == *" avx512vl "* ]] &&
   [[ " $flags " == *" avx512ifma "* ]]; }; then
   echo "test.sh: NOTE: this CPU lacks AVX-512F/VL/IFMA, so the AVX-512 ChaCha20-Poly1305" \
-    "(crates/ferrotun-chacha) is NOT exercised by this run; its tests check the fallback to ring" >&2
+    "(crates/ferrotun-chacha) is NOT exercised by this run; its tests check the fallback to ring" \
+    "(and without AVX-512F the AVX-512 copy of the vnet checksum is not run either)" >&2
   export FERROTUN_ALLOW_NO_AVX512=1
 fi
 

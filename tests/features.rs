@@ -267,24 +267,19 @@ fn a_flooded_frame_is_counted_once() {
     let count = |who: &str, key: &str| show_json(lab, who)["peers"][0][key].as_u64().unwrap();
     let sent0 = count("client", "tx_packets");
     let got0 = count("server", "rx_packets");
-    let out = b
-        .ns()
-        .exec(
-            "ping",
-            [
-                "-n",
-                "-q",
-                "-b",
-                "-c",
-                "20",
-                "-i",
-                "0.02",
-                "-W",
-                "1",
-                "10.77.0.255",
-            ],
-        )
-        .unwrap_or_default();
+    let args = [
+        "-n",
+        "-q",
+        "-b",
+        "-c",
+        "20",
+        "-i",
+        "0.02",
+        "-W",
+        "1",
+        "10.77.0.255",
+    ];
+    let out = b.ns().exec("ping", args).unwrap_or_default();
     let mut last = (0, 0);
     wait_until("the server to count what the client sent", UP, || {
         last = (

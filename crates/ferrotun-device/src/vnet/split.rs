@@ -323,16 +323,19 @@ impl Reader {
         self.stats.frames += 1;
         match parse(&self.frame, len, self.layer) {
             Ok(mut split) => {
-                split.partial = self.leave_partial
-                    && match split.how {
-                        How::Segments(s) => !s.v6 || s.l4 == s.l3 + IPV6_HEADER_LEN,
+                // Partial only where a receiver's `partial_checksum` finds the field
+                // where the kernel (or the segment's header) has it.
+                if self.leave_partial {
+                    let packet = &self.frame[VNET_HDR_LEN..VNET_HDR_LEN + split.len];
+                    let found = partial_checksum(packet, self.layer);
+                    split.partial = match split.how {
+                        How::Segments(s) => found.is_some_and(|p| p.start == s.l4),
                         How::Single(Some((start, offset))) => {
-                            let packet = &self.frame[VNET_HDR_LEN..VNET_HDR_LEN + split.len];
-                            partial_checksum(packet, self.layer)
-                                .is_some_and(|p| p.start == start && p.offset == offset)
+                            found.is_some_and(|p| p.start == start && p.offset == offset)
                         }
                         How::Single(None) => false,
                     };
+                }
                 if let How::Segments(_) = split.how {
                     self.stats.super_segments += 1;
                 }

@@ -67,9 +67,8 @@ pub struct ReceiveScratch {
     run: Vec<Range<usize>>,
     outcomes: Vec<Opened>,
     /// The traffic of this batch's packets for the device, added to their peers' counters
-    /// when the batch is flushed, and how many had partial checksums.
+    /// when the batch is flushed.
     tally: Tally,
-    partial_checksums: u64,
 }
 
 /// See [`ReceiveScratch::seen`].
@@ -137,7 +136,6 @@ impl ReceiveScratch {
             seen: Seen::default(),
             ahead: None,
             tally: Tally::received(),
-            partial_checksums: 0,
             opened: VecDeque::with_capacity(64),
             run: Vec::with_capacity(64),
             outcomes: Vec::with_capacity(64),
@@ -265,9 +263,11 @@ impl ReceiveScratch {
     ) {
         self.seen = Seen::default();
         self.tally.flush();
-        if self.partial_checksums > 0 {
-            let n = std::mem::take(&mut self.partial_checksums);
-            shared.partial_checksums.fetch_add(n, Ordering::Relaxed);
+        let partial = self.deliveries.iter().filter(|d| d.partial).count() as u64;
+        if partial > 0 {
+            shared
+                .partial_checksums
+                .fetch_add(partial, Ordering::Relaxed);
         }
         if self.deliveries.is_empty() {
             return;
@@ -731,9 +731,6 @@ async fn receive_data_seen(
             to
         }
     };
-    if partial && matches!(to, Switched::Device(_)) {
-        scratch.partial_checksums += 1;
-    }
     match to {
         Switched::Device(len) if compressed => {
             scratch.keep(start, len, partial);
