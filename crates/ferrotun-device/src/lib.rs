@@ -31,6 +31,8 @@
 
 mod asyncio;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod link;
 pub mod name;
 mod netlink;

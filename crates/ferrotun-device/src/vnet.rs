@@ -110,9 +110,9 @@ use std::io;
 use crate::error::DeviceError;
 use crate::tun::{Mode, Queue, VNET_HDR_LEN, offload};
 
-mod checksum;
+pub(crate) mod checksum;
 mod coalesce;
-mod ethernet;
+pub(crate) mod ethernet;
 mod header;
 mod packet;
 mod partial;

@@ -1,16 +1,29 @@
 //! Replays the committed fuzz corpus (`fuzz/corpus/<target>/`) and every regression input
 //! (`fuzz/regressions/<target>/`) through the same functions the cargo-fuzz targets call,
-//! so CI on stable Rust exercises them.
+//! so CI on stable Rust exercises them: the protocol's targets (`ferrotun_proto::fuzzing`)
+//! and the virtio-net ones (`ferrotun_device::fuzzing`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use ferrotun_proto::fuzzing::TARGETS;
+type Target = (&'static str, fn(&[u8]));
+
+/// Each crate's targets, with the path its fuzz binaries call them by.
+const CRATES: &[(&str, &[Target])] = &[
+    (
+        "ferrotun_proto::fuzzing::",
+        ferrotun_proto::fuzzing::TARGETS,
+    ),
+    (
+        "ferrotun_device::fuzzing::",
+        ferrotun_device::fuzzing::TARGETS,
+    ),
+];
 
 fn fuzz_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
 }
 
-fn files(dir: &std::path::Path) -> Vec<PathBuf> {
+fn files(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -27,7 +40,7 @@ fn files(dir: &std::path::Path) -> Vec<PathBuf> {
 fn corpus_and_regressions_replay_cleanly() {
     let root = fuzz_dir();
     let mut total = 0;
-    for (name, run) in TARGETS {
+    for (name, run) in CRATES.iter().flat_map(|(_, targets)| targets.iter()) {
         let corpus = files(&root.join("corpus").join(name));
         assert!(
             !corpus.is_empty(),
@@ -46,14 +59,16 @@ fn corpus_and_regressions_replay_cleanly() {
 
 #[test]
 fn every_target_has_a_fuzz_binary() {
-    for (name, _) in TARGETS {
-        let path = fuzz_dir().join("fuzz_targets").join(format!("{name}.rs"));
-        let src =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert!(
-            src.contains("ferrotun_proto::fuzzing::"),
-            "{} does not call the shared body",
-            path.display()
-        );
+    for (module, targets) in CRATES {
+        for (name, _) in *targets {
+            let path = fuzz_dir().join("fuzz_targets").join(format!("{name}.rs"));
+            let src = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(
+                src.contains(module),
+                "{} does not call a shared body in {module}",
+                path.display()
+            );
+        }
     }
 }

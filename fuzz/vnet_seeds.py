@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Writes the seed inputs of the vnet_reader and vnet_writer fuzz targets (see README.md):
+well-formed TCP and UDP super-segments and runs of segments, IPv4 and IPv6, TUN and TAP
+(with and without a VLAN tag), so the fuzzer starts past the header checks. Run from
+fuzz/: python3 vnet_seeds.py; then let the fuzzer grow the corpus and `cmin` it."""
+import struct
+
+def csum(data):
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+def fold(s):
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+def ip4(proto, payload_len, ident=1):
+    h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + payload_len, ident, 0x4000, 64, proto, 0,
+                    bytes([10, 77, 0, 2]), bytes([10, 77, 0, 1]))
+    c = 0xFFFF - csum(h)
+    return h[:10] + struct.pack("!H", c) + h[12:]
+
+def ip6(proto, payload_len):
+    src = bytes([0xfd, 0x77] + [0] * 13 + [2])
+    dst = bytes([0xfd, 0x77] + [0] * 13 + [1])
+    return struct.pack("!IHBB", 6 << 28, payload_len, proto, 64) + src + dst
+
+def pseudo(ip, proto, l4_len):
+    if ip[0] >> 4 == 4:
+        return csum(ip[12:20] + struct.pack("!HH", proto, l4_len))
+    return csum(ip[8:40] + struct.pack("!IxxxB", l4_len, proto))
+
+def tcp(seq, payload, flags=0x10):
+    return struct.pack("!HHIIBBHHH", 40000, 5201, seq, 1, 5 << 4, flags, 512, 0, 0) + payload
+
+def udp(payload):
+    return struct.pack("!HHHH", 40000, 5201, 8 + len(payload), 0) + payload
+
+def packet(v6, proto, l4, full_csum, seq=0):
+    """An IP packet around l4 (a TCP or UDP header and payload) with its checksum either
+    complete or partial (the pseudo-header sum only, as the kernel leaves it)."""
+    ip = ip6(proto, len(l4)) if v6 else ip4(proto, len(l4), ident=1 + seq)
+    ps = pseudo(ip, proto, len(l4))
+    at = 16 if proto == 6 else 6
+    if full_csum:
+        c = 0xFFFF - fold(ps + csum(l4))
+        if proto == 17 and c == 0:
+            c = 0xFFFF
+    else:
+        c = ps
+    return ip + l4[:at] + struct.pack("!H", c) + l4[at + 2:]
+
+def eth(vlan, v6):
+    h = bytes([2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2])
+    if vlan:
+        h += struct.pack("!HH", 0x8100, 7)
+    return h + struct.pack("!H", 0x86DD if v6 else 0x0800)
+
+def vnet(flags, gso, hdr_len, gso_size, csum_start, csum_offset):
+    return struct.pack("<BBHHHH", flags, gso, hdr_len, gso_size, csum_start, csum_offset)
+
+def body(n, seed):
+    return bytes((seed * 31 + i * 7) & 0xFF for i in range(n))
+
+reader, writer = [], []
+for tap in (False, True):
+    for vlan in ((False, True) if tap else (False,)):
+        for v6 in (False, True):
+            link = eth(vlan, v6) if tap else b""
+            l3 = len(link) + (40 if v6 else 20)
+            for proto in (6, 17):
+                l4h = 20 if proto == 6 else 8
+                data = body(3 * 1000 + 300, 1)
+                l4 = tcp(1000, data) if proto == 6 else udp(data)
+                gso = (4 if v6 else 1) if proto == 6 else 5
+                ctl = int(tap) | 2 | (1 << 2) | (2 << 5)
+                frame = vnet(1, gso, l3 + l4h, 1000, l3, 16 if proto == 6 else 6)
+                reader.append(bytes([ctl]) + frame + link + packet(v6, proto, l4, False))
+                # The same as one packet with a partial checksum, and with a full one.
+                single = link + packet(v6, proto, l4[:l4h + 500], False)
+                reader.append(bytes([int(tap) | 2]) + vnet(1, 0, 0, 0, l3, 16 if proto == 6 else 6) + single)
+                reader.append(bytes([int(tap) | 0x80]) + vnet(0, 0, 0, 0, 0, 0) + link + packet(v6, proto, l4[:l4h + 500], True))
+                # A run of four segments of one flow, full checksums, then partial ones;
+                # as they are, and to be made consistent by the target (bit 4).
+                for full, fix in ((True, 0), (False, 0), (True, 0x10), (False, 0x10)):
+                    w = bytes([int(tap) | (2 << 2) | (0 if full else 2) | fix])
+                    for i in range(4):
+                        seg = body(700 if i < 3 else 300, 9)
+                        l4 = tcp(1000 + 700 * i, seg) if proto == 6 else udp(seg)
+                        p = link + packet(v6, proto, l4, full, seq=i)
+                        w += bytes([0 if full else 1]) + struct.pack("<H", len(p)) + p
+                    writer.append(w)
+
+for name, seeds in (("vnet_reader", reader), ("vnet_writer", writer)):
+    for i, s in enumerate(seeds):
+        with open("corpus/%s/seed-%02d" % (name, i), "wb") as f:
+            f.write(s)
+    print(name, len(seeds), "seeds")
