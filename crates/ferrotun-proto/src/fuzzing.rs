@@ -33,6 +33,7 @@ pub const TARGETS: &[(&str, FuzzTarget)] = &[
     ("keys", keys),
     ("responder", responder),
     ("data_open", data_open),
+    ("data_batch", data_batch),
     ("decompress", decompress_target),
     ("tcp", tcp),
 ];
@@ -206,6 +207,15 @@ pub fn responder(data: &[u8]) {
     );
 }
 
+/// The AEAD backend the top two bits of a mode byte pick.
+fn backend_of(mode: u8) -> AeadBackend {
+    match mode >> 6 {
+        0 => AeadBackend::Ring,
+        1 => AeadBackend::Avx512,
+        _ => AeadBackend::RustCrypto,
+    }
+}
+
 /// Data open: raw bytes, or a sealed message (payload and flags from the input) mutated by
 /// `(position, xor)` pairs. A mutated message must never open.
 pub fn data_open(data: &[u8]) {
@@ -215,11 +225,7 @@ pub fn data_open(data: &[u8]) {
     let now = Instant::now();
     // Mode byte: bit 0 raw or sealed; bits 1–7 where the payload ends, in 4-byte steps
     // (bits 1–2 also give its flags); bits 6–7 the backend as well.
-    let backend = match mode >> 6 {
-        0 => AeadBackend::Ring,
-        1 => AeadBackend::Avx512,
-        _ => AeadBackend::RustCrypto,
-    };
+    let backend = backend_of(mode);
     let a = Keypair::new(backend, &[1; 32], &[2; 32], 7, 9, now, true);
     let b = Keypair::new(backend, &[2; 32], &[1; 32], 9, 7, now, false);
     if mode & 1 == 0 {
@@ -248,6 +254,103 @@ pub fn data_open(data: &[u8]) {
             assert_eq!(&m[r.start..r.start + payload.len()], payload);
         }
         Err(_) => assert!(changed, "an untouched data message failed to open"),
+    }
+}
+
+/// The batch AEAD calls ([`Keypair::seal_prepared`], [`Keypair::open_many`]) on messages
+/// of lengths from the input. Byte 0 picks the backend (bits 6–7, as in [`data_open`])
+/// and how many messages (bits 0–5, up to 40, more than one AEAD batch); then two bytes of
+/// length per message (up to 1420), the payload bytes, and `(position, position, xor)`
+/// triples that change the sealed batch.
+///
+/// Checks: the batch seals every message to the bytes one-by-one sealing with ring gives;
+/// `open_many` gives, message by message, what `open` gives; a changed message never
+/// opens, and an unchanged one opens to its payload and flags.
+pub fn data_batch(data: &[u8]) {
+    let Some((&mode, mut rest)) = data.split_first() else {
+        return;
+    };
+    let now = Instant::now();
+    let backend = backend_of(mode);
+    let pair = |backend| {
+        (
+            Keypair::new(backend, &[1; 32], &[2; 32], 7, 9, now, true),
+            Keypair::new(backend, &[2; 32], &[1; 32], 9, 7, now, false),
+        )
+    };
+    let (a, b) = pair(backend);
+    let (reference, b_one) = pair(AeadBackend::Ring);
+    let count = usize::from(mode & 63).min(40);
+    let mut payloads = Vec::with_capacity(count);
+    for i in 0..count {
+        let Some((len, tail)) = rest.split_first_chunk::<2>() else {
+            break;
+        };
+        let len = (usize::from(u16::from_le_bytes(*len)) % 1421).min(tail.len());
+        let flags = PayloadFlags::from_bits((i % 4) as u8).unwrap_or_default();
+        payloads.push((flags, &tail[..len]));
+        rest = &tail[len..];
+    }
+    let mut buf = vec![0u8; payloads.len() * (16 + 1440 + 16)];
+    let mut prepared = Vec::with_capacity(payloads.len());
+    let mut ranges = Vec::with_capacity(payloads.len());
+    let mut expected = Vec::new();
+    let mut at = 0;
+    for &(flags, payload) in &payloads {
+        let slot = &mut buf[at..];
+        slot[16..16 + payload.len()].copy_from_slice(payload);
+        let p = a
+            .prepare(flags, payload.len(), slot, 1420, at)
+            .expect("slots sized for padding and tag");
+        let n = p.datagram_len();
+        let mut one = vec![0u8; n];
+        one[16..16 + payload.len()].copy_from_slice(payload);
+        let sealed = reference
+            .seal(flags, payload.len(), &mut one, 1420)
+            .expect("sized as prepared");
+        assert_eq!(sealed, n);
+        expected.push(one);
+        prepared.push(p);
+        ranges.push(at..at + n);
+        at += n;
+    }
+    a.seal_prepared(&mut buf, prepared)
+        .expect("every message in the buffer");
+    for (r, one) in ranges.iter().zip(&expected) {
+        assert_eq!(
+            &buf[r.clone()],
+            &one[..],
+            "batch and one-by-one seals differ"
+        );
+    }
+
+    let sealed = buf.clone();
+    for e in rest.chunks_exact(3) {
+        if at > 0 {
+            buf[usize::from(u16::from_le_bytes([e[0], e[1]])) % at] ^= e[2];
+        }
+    }
+    let mut singles = buf.clone();
+    let mut out = Vec::new();
+    b.open_many(&mut buf, &ranges, &mut out);
+    assert_eq!(out.len(), ranges.len());
+    for (i, (r, opened)) in ranges.iter().zip(&out).enumerate() {
+        let changed = sealed[r.clone()] != singles[r.clone()];
+        let one = b_one.open(&mut singles[r.clone()]);
+        assert_eq!(
+            opened.is_ok(),
+            one.is_ok(),
+            "open_many and open disagree on {i}"
+        );
+        match opened {
+            Ok((flags, range)) => {
+                assert!(!changed, "a changed message opened");
+                let (f, p) = payloads[i];
+                assert_eq!(*flags, f);
+                assert_eq!(&buf[range.start..range.start + p.len()], p);
+            }
+            Err(_) => assert!(changed, "an unchanged message did not open"),
+        }
     }
 }
 

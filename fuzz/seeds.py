@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Writes the seed inputs of the vnet_reader and vnet_writer fuzz targets (see README.md):
 well-formed TCP and UDP super-segments and runs of segments, IPv4 and IPv6, TUN and TAP
-(with and without a VLAN tag), so the fuzzer starts past the header checks. Run from
-fuzz/: python3 vnet_seeds.py; then let the fuzzer grow the corpus and `cmin` it."""
+(with and without a VLAN tag), so the fuzzer starts past the header checks; and those of
+data_batch: batches of messages of lengths around the AEAD's block and chunk boundaries,
+for each backend. Run from fuzz/: python3 seeds.py; then let the fuzzer grow the corpus
+and `cmin` it."""
 import struct
 
 def csum(data):
@@ -95,7 +97,22 @@ for tap in (False, True):
                         w += bytes([0 if full else 1]) + struct.pack("<H", len(p)) + p
                     writer.append(w)
 
-for name, seeds in (("vnet_reader", reader), ("vnet_writer", writer)):
+def batch(backend, lens, edits=b""):
+    out = bytes([(backend << 6) | len(lens)])
+    for i, n in enumerate(lens):
+        out += struct.pack("<H", n) + bytes((i * 13 + k) & 0xFF for k in range(n))
+    return out + edits
+
+data_batch = []
+for backend in (0, 1, 2):
+    data_batch.append(batch(backend, [1420] * 20))
+    data_batch.append(batch(backend, [0, 1, 15, 16, 17, 63, 64, 65, 127, 128, 129, 255, 256,
+                                      257, 511, 512, 513, 1000, 1419, 1420]))
+    data_batch.append(batch(backend, [40, 52, 60] + [1420] * 15 + [100],
+                            b"\x10\x00\x01\x00\x40\x80"))
+    data_batch.append(batch(backend, [700] * 33, b"\xff\x00\x01"))
+
+for name, seeds in (("vnet_reader", reader), ("vnet_writer", writer), ("data_batch", data_batch)):
     for i, s in enumerate(seeds):
         with open("corpus/%s/seed-%02d" % (name, i), "wb") as f:
             f.write(s)
