@@ -17,7 +17,9 @@
 # same run (it installs what it can), so ratios come from one run.
 #
 # With --runs N every ferrotun/veth figure is the median of N rounds (single runs on a
-# shared VM vary by a third).
+# shared VM vary by a third). The rounds go round the paths in turn (raw, null, udp, tcp,
+# tap, raw, ...), each with a freshly started tunnel, so that a host that slows down for a
+# while weighs on every path alike.
 #
 # usage: sudo ./scripts/bench.sh [--peers [NAME...]] [--secs N] [--runs N] [--only raw,null,udp,tcp,tap,mem]
 #        env: OFFLOAD=off runs ferrotun without TUN/UDP offloads (for comparisons);
@@ -143,59 +145,68 @@ cpu_ticks() { # sum of utime+stime of the given pids
   echo $s
 }
 ROWS=()
-measure() { # label target pid...: RUNS rounds of (1 stream, 4 streams, ping); medians
-  local label=$1 target=$2; shift 2
-  local pids=("$@")
-  if ! wait_ping "$target"; then ROWS+=("| $label | failed: no ping | | | | |"); return; fi
+# One round through one path: one stream (with pings under load from its second second),
+# four streams, then pings through the idle path; results in $W/<key>.<round>.*.
+round() { # key target round pid...
+  local key=$1 target=$2 r=$3; shift 3
+  local pids=("$@") c0 c1
+  if ! wait_ping "$target"; then return; fi
   ip netns exec "$A" "${PIN_A[@]}" iperf3 -s -D -p 5299 -I "$W/iperf.pid" >/dev/null 2>&1
   sleep 0.3
-  local r c0 c1
-  rm -f "$W"/run.*
-  for r in $(seq 1 "$RUNS"); do
-    c0=$(cpu_ticks "${pids[@]}")
-    # Pings at 20 ms through the loaded path, from the stream's second second (past slow
-    # start) to its end; one line of RTTs for the median.
-    (sleep 1; timeout $((SECS + 5)) ip netns exec "$B" ping -n -i 0.02 -w $((SECS > 2 ? SECS - 2 : 1)) "$target" 2>/dev/null |
-      awk -F'time=' '/time=/ {split($2, a, " "); printf "%s ", a[1]}' >"$W/run.$r.load") &
-    local loaded=$!
-    timeout $((SECS + 20)) ip netns exec "$B" "${PIN_B[@]}" iperf3 -c "$target" -p 5299 -t "$SECS" -J >"$W/run.$r.1" 2>/dev/null || true
-    c1=$(cpu_ticks "${pids[@]}")
-    wait "$loaded" || true
-    echo "$((c1 - c0))" >"$W/run.$r.cpu"
-    timeout $((SECS + 20)) ip netns exec "$B" "${PIN_B[@]}" iperf3 -c "$target" -p 5299 -t "$SECS" -P 4 -J >"$W/run.$r.4" 2>/dev/null || true
-    ip netns exec "$B" ping -n -c 20 -i 0.05 -q "$target" 2>/dev/null | awk -F/ '/rtt/ {print $5}' >"$W/run.$r.rtt"
-  done
+  c0=$(cpu_ticks "${pids[@]}")
+  # Pings at 20 ms through the loaded path, from the stream's second second (past slow
+  # start) to its end; one line of RTTs for the median.
+  (sleep 1; timeout $((SECS + 5)) ip netns exec "$B" ping -n -i 0.02 -w $((SECS > 2 ? SECS - 2 : 1)) "$target" 2>/dev/null |
+    awk -F'time=' '/time=/ {split($2, a, " "); printf "%s ", a[1]}' >"$W/$key.$r.load") &
+  local loaded=$!
+  timeout $((SECS + 20)) ip netns exec "$B" "${PIN_B[@]}" iperf3 -c "$target" -p 5299 -t "$SECS" -J >"$W/$key.$r.1" 2>/dev/null || true
+  c1=$(cpu_ticks "${pids[@]}")
+  wait "$loaded" || true
+  echo "$((c1 - c0))" >"$W/$key.$r.cpu"
+  timeout $((SECS + 20)) ip netns exec "$B" "${PIN_B[@]}" iperf3 -c "$target" -p 5299 -t "$SECS" -P 4 -J >"$W/$key.$r.4" 2>/dev/null || true
+  ip netns exec "$B" ping -n -c 20 -i 0.05 -q "$target" 2>/dev/null | awk -F/ '/rtt/ {print $5}' >"$W/$key.$r.rtt"
   kill "$(cat "$W/iperf.pid")" 2>/dev/null || true
   rm -f "$W/iperf.pid"
-  local row
-  row=$(python3 - "$W" "$RUNS" "$(getconf CLK_TCK)" "${#pids[@]}" <<'PY'
-import json, statistics, sys
-w, runs, hz, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-def rate(path):
+}
+# The row of one path: the medians over its rounds (a round whose iperf3 failed is left
+# out; a path no round could ping is a failed row).
+summarize() { # label key processes(0: none)
+  local label=$1 key=$2 row
+  if ! compgen -G "$W/$key.*.1" >/dev/null; then
+    ROWS+=("| $label | failed: no ping | | | | |")
+    echo "  $label: failed, no ping through it" >&2
+    return
+  fi
+  row=$(python3 - "$W" "$key" "$RUNS" "$(getconf CLK_TCK)" "$3" <<'PY'
+import json, os, statistics, sys
+w, key, runs, hz, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+def read(r, what):
+    path = "%s/%s.%d.%s" % (w, key, r, what)
+    return open(path).read() if os.path.exists(path) else ""
+def rate(r, what):
     try:
-        d = json.load(open(path))["end"]["sum_received"]
+        d = json.loads(read(r, what))["end"]["sum_received"]
         return d["bits_per_second"] / 1e9, d["bytes"]
     except Exception:
         return 0.0, 0
-# A round whose iperf3 failed is left out of the medians (all failed: 0).
 g1, g4, rtt, load, cpu = [], [], [], [], []
 for r in range(1, runs + 1):
-    g, b = rate("%s/run.%d.1" % (w, r))
+    g, b = rate(r, "1")
     if b:
         g1.append(g)
-    g = rate("%s/run.%d.4" % (w, r))[0]
+    g = rate(r, "4")[0]
     if g:
         g4.append(g)
     try:
-        rtt.append(float(open("%s/run.%d.rtt" % (w, r)).read()))
+        rtt.append(float(read(r, "rtt")))
     except ValueError:
         pass
-    times = [float(t) for t in open("%s/run.%d.load" % (w, r)).read().split()]
+    times = [float(t) for t in read(r, "load").split()]
     if times:
         load.append(statistics.median(times))
-    ticks = int(open("%s/run.%d.cpu" % (w, r)).read())
-    if n and b:
-        cpu.append(ticks / hz / (b / 1e9))
+    ticks = read(r, "cpu").strip()
+    if n and b and ticks:
+        cpu.append(int(ticks) / hz / (b / 1e9))
 def med(xs):
     return statistics.median(xs) if xs else 0.0
 print("%.2f | %.2f | %s | %s | %s" % (med(g1), med(g4), "%.3f" % med(rtt) if rtt else "?",
@@ -207,29 +218,45 @@ PY
   ROWS+=("| $label | ${g1// /} | ${g4// /} | ${rtt// /} | ${load// /} | ${cpg// /} |")
   echo "  $label: ${g1// /} / ${g4// /} Gbit/s, rtt ${rtt// /} ms idle, ${load// /} ms loaded, ${cpg// /} CPU s/GB" >&2
 }
-run_ferrotun() { # label server-config client-config
+run_ferrotun() { # key server-config client-config round
   ip netns exec "$A" "${PIN_A[@]}" "$SERVER" -q -c "$W/$2" --socket "$W/s.sock" 2>"$W/server.log" &
   PIDS+=($!)
   ip netns exec "$B" "${PIN_B[@]}" "$CLIENT" -q -c "$W/$3" --socket "$W/c.sock" 2>"$W/client.log" &
   PIDS+=($!)
-  measure "$1" 10.77.0.1 "${PIDS[@]}"
+  round "$1" 10.77.0.1 "$4" "${PIDS[@]}"
   stop_tunnel
 }
-
-echo "bench.sh: $SECS s per figure, median of $RUNS${PIN_A[*]:+, ends pinned to CPUs}" >&2
-[[ ",$ONLY," == *,raw,* ]] && measure "raw veth, no tunnel" 198.18.0.1
-run_null() {
+run_null() { # round
   ip netns exec "$A" "${PIN_A[@]}" "$NULLTUN" ftnull0 10.78.0.1/24 198.18.0.1:5000 198.18.0.2:5000 2>"$W/null-a.log" &
   PIDS+=($!)
   ip netns exec "$B" "${PIN_B[@]}" "$NULLTUN" ftnull1 10.78.0.2/24 198.18.0.2:5000 198.18.0.1:5000 2>"$W/null-b.log" &
   PIDS+=($!)
-  measure "null tunnel (no crypto; RTT floor)" 10.78.0.1 "${PIDS[@]}"
+  round null 10.78.0.1 "$1" "${PIDS[@]}"
   stop_tunnel
 }
-[[ ",$ONLY," == *,null,* ]] && run_null
-[[ ",$ONLY," == *,udp,* ]] && run_ferrotun "ferrotun UDP, TUN" server.toml client-udp.toml
-[[ ",$ONLY," == *,tcp,* ]] && run_ferrotun "ferrotun TCP, TUN" server.toml client-tcp.toml
-[[ ",$ONLY," == *,tap,* ]] && run_ferrotun "ferrotun UDP, TAP" server-tap.toml client-tap.toml
+run_path() { # path round
+  case $1 in
+    raw) round raw 198.18.0.1 "$2" ;;
+    null) run_null "$2" ;;
+    udp) run_ferrotun udp server.toml client-udp.toml "$2" ;;
+    tcp) run_ferrotun tcp server.toml client-tcp.toml "$2" ;;
+    tap) run_ferrotun tap server-tap.toml client-tap.toml "$2" ;;
+  esac
+}
+
+echo "bench.sh: $SECS s per figure, median of $RUNS rounds taken in turn over the paths${PIN_A[*]:+, ends pinned to CPUs}" >&2
+# Rounds go round the paths (raw, null, udp, tcp, tap, then again), so a host that
+# slows down for a while slows every path alike instead of the one measured then.
+PATHS=()
+for path in raw null udp tcp tap; do [[ ",$ONLY," == *,$path,* ]] && PATHS+=("$path"); done
+for r in $(seq 1 "$RUNS"); do
+  for path in "${PATHS[@]}"; do run_path "$path" "$r"; done
+  echo "  round $r of $RUNS done" >&2
+done
+declare -A LABEL=([raw]="raw veth, no tunnel" [null]="null tunnel (no crypto; RTT floor)"
+  [udp]="ferrotun UDP, TUN" [tcp]="ferrotun TCP, TUN" [tap]="ferrotun UDP, TAP")
+declare -A PROCS=([raw]=0 [null]=2 [udp]=2 [tcp]=2 [tap]=2)
+for path in "${PATHS[@]}"; do summarize "${LABEL[$path]}" "$path" "${PROCS[$path]}"; done
 
 # Memory: a server's resident set with no peers and with 1000 configured (idle) peers.
 memory() {
