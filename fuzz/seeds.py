@@ -5,6 +5,7 @@ well-formed TCP and UDP super-segments and runs of segments, IPv4 and IPv6, TUN 
 data_batch: batches of messages of lengths around the AEAD's block and chunk boundaries,
 for each backend. Run from fuzz/: python3 seeds.py; then let the fuzzer grow the corpus
 and `cmin` it."""
+import itertools
 import struct
 
 def csum(data):
@@ -86,10 +87,11 @@ for tap in (False, True):
                 single = link + packet(v6, proto, l4[:l4h + 500], False)
                 reader.append(bytes([int(tap) | 2]) + vnet(1, 0, 0, 0, l3, 16 if proto == 6 else 6) + single)
                 reader.append(bytes([int(tap) | 0x80]) + vnet(0, 0, 0, 0, 0, 0) + link + packet(v6, proto, l4[:l4h + 500], True))
-                # A run of four segments of one flow, full checksums, then partial ones;
-                # as they are, and to be made consistent by the target (bit 4).
-                for full, fix in ((True, 0), (False, 0), (True, 0x10), (False, 0x10)):
-                    w = bytes([int(tap) | (2 << 2) | (0 if full else 2) | fix])
+                # A run of four segments of one flow, with full checksums or partial
+                # ones (each packet's flag byte), for a writer that trusts checksums or
+                # not (control bit 1), as they are or to be made consistent (bit 4).
+                for full, trust, fix in itertools.product((True, False), (0, 2), (0, 0x10)):
+                    w = bytes([int(tap) | trust | (2 << 2) | fix])
                     for i in range(4):
                         seg = body(700 if i < 3 else 300, 9)
                         l4 = tcp(1000 + 700 * i, seg) if proto == 6 else udp(seg)

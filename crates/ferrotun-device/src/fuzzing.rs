@@ -11,6 +11,12 @@
 use std::io::IoSlice;
 
 use crate::VNET_HDR_LEN;
+use crate::vnet::packet::{
+    IPV4_CHECKSUM, IPV4_HEADER_MIN, IPV4_ID, IPV4_PROTOCOL, IPV4_TOTAL_LEN, IPV6_HEADER_LEN,
+    IPV6_NEXT_HEADER, IPV6_PAYLOAD_LEN, PROTO_TCP, PROTO_UDP, TCP_CHECKSUM, TCP_CWR, TCP_FIN,
+    TCP_FLAGS, TCP_HEADER_MIN, TCP_PSH, TCP_URG, TCP_URGENT, UDP_CHECKSUM, UDP_HEADER_LEN, UDP_LEN,
+    at, get16, pseudo_header, put16, set_ipv4_checksum,
+};
 use crate::vnet::{
     GsoType, Header, HeaderRepr, Layer, MAX_ETHERNET_HEADER, MAX_PACKET, MAX_SEGMENTS, Offloads,
     Reader, Writer, complete_checksum, partial_checksum,
@@ -32,10 +38,10 @@ const BIG: usize = MAX_PACKET + MAX_ETHERNET_HEADER;
 /// the batch size (bits 2–4), the offset (bits 5–6) and small or large buffers (bit 7).
 ///
 /// Checks: the reader hands out every packet of the frame or an error and then has
-/// nothing pending; no packet overruns its buffer; a packet marked partial is one a
-/// receiver can complete (its checksum field is where [`partial_checksum`] looks, so the
-/// receive path's guard will not drop it); a segment cut from a super-segment and not
-/// left partial has checksums that hold.
+/// nothing pending; a packet marked partial is one a receiver can complete (its checksum
+/// field is where [`partial_checksum`] looks, so the receive path's guard will not drop
+/// it; for a segment, where the kernel's `csum_start` said); a segment cut from a
+/// super-segment is what [`segment_matches`] says.
 pub fn vnet_reader(data: &[u8]) {
     let Some((&ctl, frame)) = data.split_first() else {
         return;
@@ -45,15 +51,18 @@ pub fn vnet_reader(data: &[u8]) {
     let batch = 1 + usize::from((ctl >> 2) & 7);
     let offset = [0, 10, 16, 32][usize::from((ctl >> 5) & 3)];
     let room = if ctl & 0x80 == 0 { 1600 } else { BIG };
-    let csum_start = Header::new_checked(frame)
-        .ok()
-        .map(|h| usize::from(h.csum_start()));
+    let header = Header::new_checked(frame).ok();
+    let csum_start = header.as_ref().map(|h| usize::from(h.csum_start()));
+    let gso = header
+        .and_then(|h| HeaderRepr::parse(&h).ok())
+        .map(|h| h.gso);
     if reader.push_frame(frame).is_err() {
         assert_eq!(reader.pending(), 0, "a refused frame left packets pending");
         return;
     }
     let mut bufs = vec![vec![0u8; offset + room]; batch];
     let mut lens = vec![0usize; batch];
+    let mut segment = 0;
     // A frame holds at most MAX_PACKET bytes, so at most that many segments.
     for _ in 0..=MAX_PACKET {
         let n = match reader.pop(&mut bufs, offset, &mut lens) {
@@ -64,23 +73,28 @@ pub fn vnet_reader(data: &[u8]) {
         assert!(n <= batch);
         assert_eq!(reader.partial().len(), n, "one partial mark per packet");
         for i in 0..n {
-            assert!(lens[i] <= room, "packet of {} bytes in {room}", lens[i]);
             let packet = &mut bufs[i][offset..offset + lens[i]];
+            let cut = reader.stats().super_segments > 0;
             if reader.partial()[i] {
                 let at = partial_checksum(packet, layer)
                     .expect("a packet left partial has a field the receiver finds");
-                assert!(at.start + at.offset + 2 <= packet.len());
+                if cut {
+                    assert_eq!(Some(at.start), csum_start, "left partial elsewhere");
+                }
                 assert!(complete_checksum(packet, layer));
             }
-            // Segments cut from a super-segment get their checksums here, whatever the
-            // kernel's header held (a single packet's partial sum is taken as it is).
-            // Checked where the transport header is where a receiver looks for it: the
-            // reader takes csum_start's word for IPv6 extension headers before it.
-            if reader.stats().super_segments > 0 && !reader.partial()[i] {
-                assert!(
-                    checksums_hold(packet, layer, csum_start),
-                    "a segment with a bad checksum"
+            if cut {
+                let last = i == n - 1 && reader.pending() == 0;
+                segment_matches(
+                    packet,
+                    &frame[VNET_HDR_LEN..],
+                    layer,
+                    gso,
+                    csum_start,
+                    segment,
+                    last,
                 );
+                segment += 1;
             }
         }
     }
@@ -96,9 +110,11 @@ pub fn vnet_reader(data: &[u8]) {
 ///
 /// Checks, for a batch the writer accepts: the frames taken whole ([`Writer::next_frame`])
 /// and in parts ([`Writer::next_frame_parts`]) are the same bytes; every packet is written
-/// exactly once: a lone one unchanged, a merged one (cut again by a [`Reader`]) with its
-/// length and payload; merged frames hold at most [`MAX_SEGMENTS`] packets. And for every packet, [`partial_checksum`]
-/// points inside it and [`complete_checksum`] changes nothing but that field.
+/// exactly once: a lone one unchanged, a merged one (cut again by a [`Reader`]) as far
+/// as `kept` says; merged frames hold at most [`MAX_SEGMENTS`] packets. And for every
+/// packet, [`partial_checksum`] points inside it and [`complete_checksum`] changes
+/// nothing but that field. Not checked here (the property tests in `tests/vnet.rs` do):
+/// the merge rules on IPv4 ids and on checksums, and the header of a lone frame.
 pub fn vnet_writer(data: &[u8]) {
     let Some((&ctl, mut rest)) = data.split_first() else {
         return;
@@ -231,17 +247,68 @@ fn checksums_hold(packet: &[u8], layer: Layer, l4: Option<usize>) -> bool {
         return true;
     }
     let ip = &packet[l3..at.end];
-    let (proto, src, dst) = if ip[0] >> 4 == 4 {
-        if checksum::finish(checksum::sum(&ip[..at.start - l3])) != 0 {
-            return false;
-        }
-        (ip[9], &ip[12..16], &ip[16..20])
+    let v6 = ip[0] >> 4 == 6;
+    if !v6 && checksum::finish(checksum::sum(&ip[..at.start - l3])) != 0 {
+        return false;
+    }
+    let proto = if v6 {
+        ip[IPV6_NEXT_HEADER]
     } else {
-        (ip[6], &ip[8..24], &ip[24..40])
+        ip[IPV4_PROTOCOL]
     };
-    let l4 = &packet[at.start..at.end];
-    let pseudo = checksum::pseudo_header(src, dst, proto, l4.len());
-    checksum::finish(checksum::add(pseudo, checksum::sum(l4))) == 0
+    let segment = &packet[at.start..at.end];
+    let pseudo = pseudo_header(ip, v6, proto, segment.len());
+    checksum::finish(checksum::add(pseudo, checksum::sum(segment))) == 0
+}
+
+/// Checks segment number `k` (`last` or not) cut from the super-segment `orig`: its
+/// checksums hold (completed, if it was left partial), its IPv4 id is the super-segment's
+/// plus `k`, a TCP segment has the super-segment's flags but FIN and PSH (last only) and
+/// CWR (first only), and a UDP one a checksum other than 0.
+fn segment_matches(
+    packet: &[u8],
+    orig: &[u8],
+    layer: Layer,
+    gso: Option<GsoType>,
+    l4: Option<usize>,
+    k: usize,
+    last: bool,
+) {
+    assert!(
+        checksums_hold(packet, layer, l4),
+        "segment {k} with a bad checksum"
+    );
+    let (Some(l3), Some(l4)) = (ip_start(packet, layer), l4) else {
+        return;
+    };
+    if packet[l3] >> 4 == 4 {
+        let id0 = get16(orig, at(l3, IPV4_ID));
+        assert_eq!(
+            get16(packet, at(l3, IPV4_ID)),
+            id0.wrapping_add(k as u16),
+            "id of {k}"
+        );
+    }
+    match gso {
+        Some(GsoType::TcpV4 | GsoType::TcpV6) => {
+            let mut want = orig[l4 + TCP_FLAGS];
+            if !last {
+                want &= !(TCP_FIN | TCP_PSH);
+            }
+            if k > 0 {
+                want &= !TCP_CWR;
+            }
+            assert_eq!(packet[l4 + TCP_FLAGS], want, "TCP flags of segment {k}");
+        }
+        Some(GsoType::UdpL4) => {
+            assert_ne!(
+                get16(packet, at(l4, UDP_CHECKSUM)),
+                0,
+                "UDP segment {k} without sum"
+            );
+        }
+        _ => {}
+    }
 }
 
 fn layer(ctl: u8) -> Layer {
@@ -264,35 +331,33 @@ fn make_consistent(packet: &mut [u8], layer: Layer, partial: bool) {
         return;
     };
     let ip = &mut packet[l3..];
-    let (l4, proto, src, dst) = match ip.first().map(|b| b >> 4) {
-        Some(4) if len >= 20 => {
+    let (l4, proto, v6) = match ip.first().map(|b| b >> 4) {
+        Some(4) if len >= IPV4_HEADER_MIN => {
             let ihl = usize::from(ip[0] & 15) * 4;
-            if !(20..=len).contains(&ihl) {
+            if !(IPV4_HEADER_MIN..=len).contains(&ihl) {
                 return;
             }
-            ip[2..4].copy_from_slice(&len16.to_be_bytes());
-            ip[10..12].fill(0);
-            let c = checksum::finish(checksum::sum(&ip[..ihl]));
-            ip[10..12].copy_from_slice(&c.to_be_bytes());
-            (ihl, ip[9], 12..16, 16..20)
+            put16(ip, IPV4_TOTAL_LEN, len16);
+            set_ipv4_checksum(&mut ip[..ihl]);
+            (ihl, ip[IPV4_PROTOCOL], false)
         }
-        Some(6) if len >= 40 => {
-            ip[4..6].copy_from_slice(&(len16 - 40).to_be_bytes());
-            (40, ip[6], 8..24, 24..40)
+        Some(6) if len >= IPV6_HEADER_LEN => {
+            put16(ip, IPV6_PAYLOAD_LEN, len16 - IPV6_HEADER_LEN as u16);
+            (IPV6_HEADER_LEN, ip[IPV6_NEXT_HEADER], true)
         }
         _ => return,
     };
     let l4_len = len - l4;
     let field = match proto {
-        6 if l4_len >= 20 => l4 + 16,
-        17 if l4_len >= 8 => {
-            ip[l4 + 4..l4 + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
-            l4 + 6
+        PROTO_TCP if l4_len >= TCP_HEADER_MIN => at(l4, TCP_CHECKSUM),
+        PROTO_UDP if l4_len >= UDP_HEADER_LEN => {
+            put16(ip, at(l4, UDP_LEN), l4_len as u16);
+            at(l4, UDP_CHECKSUM)
         }
         _ => return,
     };
-    let pseudo = checksum::pseudo_header(&ip[src], &ip[dst], proto, l4_len);
-    ip[field..field + 2].copy_from_slice(&(pseudo as u16).to_be_bytes());
+    let pseudo = pseudo_header(ip, v6, proto, l4_len);
+    put16(ip, field, pseudo as u16);
     if !partial {
         complete_checksum(packet, layer);
     }
@@ -310,23 +375,24 @@ fn kept(packet: &[u8], layer: Layer) -> Vec<u8> {
     let Some(&first) = p.get(l3) else {
         return p;
     };
+    let ip = &mut p[l3..];
     let (l4, proto) = match first >> 4 {
-        4 if p.len() >= l3 + 20 => {
-            p[l3 + 4..l3 + 6].fill(0);
-            p[l3 + 10..l3 + 12].fill(0);
-            (l3 + usize::from(first & 15) * 4, p[l3 + 9])
+        4 if ip.len() >= IPV4_HEADER_MIN => {
+            ip[IPV4_ID].fill(0);
+            ip[IPV4_CHECKSUM].fill(0);
+            (usize::from(first & 15) * 4, ip[IPV4_PROTOCOL])
         }
-        6 if p.len() >= l3 + 40 => (l3 + 40, p[l3 + 6]),
+        6 if ip.len() >= IPV6_HEADER_LEN => (IPV6_HEADER_LEN, ip[IPV6_NEXT_HEADER]),
         _ => return p,
     };
     match proto {
-        6 if p.len() >= l4 + 20 => {
-            p[l4 + 16..l4 + 18].fill(0);
-            if p[l4 + 13] & 0x20 == 0 {
-                p[l4 + 18..l4 + 20].fill(0);
+        PROTO_TCP if ip.len() >= l4 + TCP_HEADER_MIN => {
+            ip[at(l4, TCP_CHECKSUM)].fill(0);
+            if ip[l4 + TCP_FLAGS] & TCP_URG == 0 {
+                ip[at(l4, TCP_URGENT)].fill(0);
             }
         }
-        17 if p.len() >= l4 + 8 => p[l4 + 6..l4 + 8].fill(0),
+        PROTO_UDP if ip.len() >= l4 + UDP_HEADER_LEN => ip[at(l4, UDP_CHECKSUM)].fill(0),
         _ => {}
     }
     p

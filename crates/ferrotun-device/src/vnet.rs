@@ -114,7 +114,7 @@ pub(crate) mod checksum;
 mod coalesce;
 pub(crate) mod ethernet;
 mod header;
-mod packet;
+pub(crate) mod packet;
 mod partial;
 mod split;
 
