@@ -60,6 +60,7 @@ pub fn vnet_reader(data: &[u8]) {
         assert_eq!(reader.pending(), 0, "a refused frame left packets pending");
         return;
     }
+    let cut = reader.stats().super_segments > 0;
     let mut bufs = vec![vec![0u8; offset + room]; batch];
     let mut lens = vec![0usize; batch];
     let mut segment = 0;
@@ -74,7 +75,6 @@ pub fn vnet_reader(data: &[u8]) {
         assert_eq!(reader.partial().len(), n, "one partial mark per packet");
         for i in 0..n {
             let packet = &mut bufs[i][offset..offset + lens[i]];
-            let cut = reader.stats().super_segments > 0;
             if reader.partial()[i] {
                 let at = partial_checksum(packet, layer)
                     .expect("a packet left partial has a field the receiver finds");
@@ -216,11 +216,15 @@ pub fn vnet_writer(data: &[u8]) {
         let found = unmatched.iter_mut().find(|o| *o == &Some(packet));
         *found.expect("a lone packet out that did not go in, or went in fewer times") = None;
     }
+    let originals_kept: Vec<Vec<u8>> = originals.iter().map(|o| kept(o, layer)).collect();
     for packet in &segments {
         let found = unmatched
             .iter_mut()
-            .find(|o| o.is_some_and(|o| kept(o, layer) == *packet));
-        *found.expect("a segment out that did not go in, or went in fewer times") = None;
+            .zip(&originals_kept)
+            .find(|(o, k)| o.is_some() && *k == packet);
+        *found
+            .expect("a segment out that did not go in, or went in fewer times")
+            .0 = None;
     }
     assert!(
         unmatched.iter().all(Option::is_none),

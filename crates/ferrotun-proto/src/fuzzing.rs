@@ -11,17 +11,17 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::aead::AeadBackend;
+use crate::aead::{AeadBackend, TAG_LEN};
 use crate::compress::{Compressor, compress_bound, decompress};
 use crate::entropy::SeededEntropy;
 use crate::handshake::{PeerHandshake, Phase1, ResponseVerdict, Tai64N};
 use crate::ip::ip_packet_len;
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 use crate::tcp::StreamDecoder;
-use crate::transport::{Keypair, TransportError};
+use crate::transport::{Keypair, TransportError, padded_len};
 use crate::wire::{
-    CookieReply, DataMessage, HandshakeFlags, Initiation, Message, PayloadFlags, Response,
-    initiation,
+    CookieReply, DATA_HEADER_LEN, DataMessage, HandshakeFlags, Initiation, Message, PayloadFlags,
+    Response, initiation,
 };
 use crate::{Identity, Session, SessionConfig, SessionIndex};
 
@@ -258,10 +258,13 @@ pub fn data_open(data: &[u8]) {
     }
 }
 
+/// The MTU of `data_batch`'s messages.
+const BATCH_MTU: usize = 1420;
+
 /// The batch AEAD calls ([`Keypair::seal_prepared`], [`Keypair::open_many`]) on messages
 /// of lengths from the input. Byte 0 picks the backend (bits 6–7, as in [`data_open`])
 /// and how many messages (bits 0–5, up to 40, more than one AEAD batch); then two bytes of
-/// length per message (up to 1420), the payload bytes, and changes of the sealed batch, 3
+/// length per message (up to [`BATCH_MTU`]), the payload bytes, and changes of the sealed batch, 3
 /// bytes each: a little-endian 2-byte position (modulo the batch's length) and an xor.
 ///
 /// Checks: the batch seals every message to the bytes one-by-one sealing with ring gives;
@@ -289,27 +292,29 @@ pub fn data_batch(data: &[u8]) {
         let Some((len, tail)) = rest.split_first_chunk::<2>() else {
             break;
         };
-        let len = (usize::from(u16::from_le_bytes(*len)) % 1421).min(tail.len());
+        let len = (usize::from(u16::from_le_bytes(*len)) % (BATCH_MTU + 1)).min(tail.len());
         let flags = PayloadFlags::from_bits((i % 4) as u8).unwrap_or_default();
         payloads.push((flags, &tail[..len]));
         rest = &tail[len..];
     }
-    let mut buf = vec![0u8; payloads.len() * (16 + 1440 + 16)];
+    // Every slot room for a header, the payload padded to the MTU, and the tag.
+    let slot_len = DATA_HEADER_LEN + padded_len(PayloadFlags::NONE, BATCH_MTU, BATCH_MTU) + TAG_LEN;
+    let mut buf = vec![0u8; payloads.len() * slot_len];
     let mut prepared = Vec::with_capacity(payloads.len());
     let mut ranges = Vec::with_capacity(payloads.len());
     let mut expected = Vec::new();
     let mut at = 0;
     for &(flags, payload) in &payloads {
         let slot = &mut buf[at..];
-        slot[16..16 + payload.len()].copy_from_slice(payload);
+        slot[DATA_HEADER_LEN..DATA_HEADER_LEN + payload.len()].copy_from_slice(payload);
         let p = a
-            .prepare(flags, payload.len(), slot, 1420, at)
+            .prepare(flags, payload.len(), slot, BATCH_MTU, at)
             .expect("slots sized for padding and tag");
         let n = p.datagram_len();
         let mut one = vec![0u8; n];
-        one[16..16 + payload.len()].copy_from_slice(payload);
+        one[DATA_HEADER_LEN..DATA_HEADER_LEN + payload.len()].copy_from_slice(payload);
         let sealed = reference
-            .seal(flags, payload.len(), &mut one, 1420)
+            .seal(flags, payload.len(), &mut one, BATCH_MTU)
             .expect("sized as prepared");
         assert_eq!(sealed, n);
         expected.push(one);

@@ -318,7 +318,6 @@ impl ReceiveScratch {
                 }
             }
             None => {
-                let mut completed = 0;
                 for d in &self.deliveries {
                     let src = if d.buf == ARENA {
                         self.arena.as_mut_slice()
@@ -330,7 +329,6 @@ impl ReceiveScratch {
                         // No kernel to hand a partial checksum to: completed here. The
                         // receive path checked that the packet can have one.
                         vnet::complete_checksum(&mut buf[HEADROOM..], vnet::Layer::Ip);
-                        completed += 1;
                     }
                     if let Err(e) = shared.tun.write(self.queue, buf, HEADROOM, d.len).await {
                         shared.drop_packet(DropReason::SendFailed, || {
@@ -338,10 +336,11 @@ impl ReceiveScratch {
                         });
                     }
                 }
-                if completed > 0 {
+                // Every partial one was completed above.
+                if partial > 0 {
                     shared
                         .checksums_completed
-                        .fetch_add(completed, Ordering::Relaxed);
+                        .fetch_add(partial, Ordering::Relaxed);
                 }
             }
         }
