@@ -3,8 +3,10 @@
 well-formed TCP and UDP super-segments and runs of segments, IPv4 and IPv6, TUN and TAP
 (with and without a VLAN tag), so the fuzzer starts past the header checks; and those of
 data_batch: batches of messages of lengths around the AEAD's block and chunk boundaries,
-for each backend. Run from fuzz/: python3 seeds.py; then let the fuzzer grow the corpus
-and `cmin` it."""
+for each backend; and vnet_writer's rule-* inputs, one run of segments per merge rule,
+which stay in the corpus whatever cmin keeps. Run from fuzz/: python3 seeds.py; then let
+the fuzzer grow the corpus, `cmin` it, and delete the seed-* files of the vnet_ targets
+(cmin keeps those that add coverage, under their hashes)."""
 import itertools
 import struct
 
@@ -21,8 +23,8 @@ def fold(s):
         s = (s & 0xFFFF) + (s >> 16)
     return s
 
-def ip4(proto, payload_len, ident=1):
-    h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + payload_len, ident, 0x4000, 64, proto, 0,
+def ip4(proto, payload_len, ident=1, frag=0x4000):
+    h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + payload_len, ident, frag, 64, proto, 0,
                     bytes([10, 77, 0, 2]), bytes([10, 77, 0, 1]))
     c = 0xFFFF - csum(h)
     return h[:10] + struct.pack("!H", c) + h[12:]
@@ -37,16 +39,18 @@ def pseudo(ip, proto, l4_len):
         return csum(ip[12:20] + struct.pack("!HH", proto, l4_len))
     return csum(ip[8:40] + struct.pack("!IxxxB", l4_len, proto))
 
-def tcp(seq, payload, flags=0x10):
-    return struct.pack("!HHIIBBHHH", 40000, 5201, seq, 1, 5 << 4, flags, 512, 0, 0) + payload
+def tcp(seq, payload, flags=0x10, opts=b"", window=512, urgent=0):
+    return struct.pack("!HHIIBBHHH", 40000, 5201, seq, 1, (5 + len(opts) // 4) << 4, flags,
+                       window, 0, urgent) + opts + payload
 
 def udp(payload):
     return struct.pack("!HHHH", 40000, 5201, 8 + len(payload), 0) + payload
 
-def packet(v6, proto, l4, full_csum, seq=0):
+def packet(v6, proto, l4, full_csum, seq=0, ident=None, frag=0x4000):
     """An IP packet around l4 (a TCP or UDP header and payload) with its checksum either
     complete or partial (the pseudo-header sum only, as the kernel leaves it)."""
-    ip = ip6(proto, len(l4)) if v6 else ip4(proto, len(l4), ident=1 + seq)
+    ident = 1 + seq if ident is None else ident
+    ip = ip6(proto, len(l4)) if v6 else ip4(proto, len(l4), ident=ident, frag=frag)
     ps = pseudo(ip, proto, len(l4))
     at = 16 if proto == 6 else 6
     if full_csum:
@@ -99,6 +103,57 @@ for tap in (False, True):
                         w += bytes([0 if full else 1]) + struct.pack("<H", len(p)) + p
                     writer.append(w)
 
+def entry(p, partial=False):
+    return bytes([int(partial)]) + struct.pack("<H", len(p)) + p
+
+def run(n=4, size=700, last=300, tap=False, v6=False, trust=0, ident=lambda i: 1 + i,
+        frag=lambda i: 0x4000, opts=lambda i: b"", window=lambda i: 512, flags=lambda i: 0x10,
+        urgent=lambda i: 0, bad=None, partial=lambda i: False):
+    """A run of n TCP segments of one flow, each element of which a function of the
+    segment's index may vary: what the writer must merge, or must not."""
+    w = bytes([int(tap) | trust | (2 << 2)])
+    link = eth(False, v6) if tap else b""
+    seq = 1000
+    for i in range(n):
+        data = body(size if i < n - 1 else last, 9)
+        l4 = tcp(seq, data, flags(i), opts(i), window(i), urgent(i))
+        p = link + packet(v6, 6, l4, not partial(i), ident=ident(i), frag=frag(i))
+        if bad == i:
+            p = p[:-1] + bytes([p[-1] ^ 1])
+        w += entry(p, partial(i))
+        seq += len(data)
+    return w
+
+def ts(v):
+    """TCP options: two NOPs and a timestamp."""
+    return b"\x01\x01\x08\x0a" + struct.pack("!II", v, 7)
+
+# The merge rules, one run each: what the writer must merge, and what it must not. Kept
+# in the corpus under these names (cmin keeps only inputs that add coverage, and these
+# are what make a broken rule fail the replay test).
+rules = {
+    "options-equal": run(opts=lambda i: ts(5)),
+    "options-differ": run(opts=lambda i: ts(5 + (i == 2))),
+    "no-df-ids-step": run(frag=lambda i: 0, ident=lambda i: 300 + i),
+    "df-fixed-id": run(ident=lambda i: 300),
+    "no-df-fixed-id": run(frag=lambda i: 0, ident=lambda i: 300),
+    "ids-step-by-2": run(ident=lambda i: 300 + 2 * i),
+    "df-missing-on-one": run(frag=lambda i: 0 if i == 2 else 0x4000, ident=lambda i: 300 + i),
+    "psh-before-last": run(flags=lambda i: 0x18 if i == 1 else 0x10),
+    "psh-on-last": run(flags=lambda i: 0x18 if i == 3 else 0x10),
+    "window-differs": run(window=lambda i: 512 + (i == 2)),
+    "ece": run(flags=lambda i: 0x50 if i == 2 else 0x10),
+    "fin-on-last": run(flags=lambda i: 0x11 if i == 3 else 0x10),
+    "urg": run(flags=lambda i: 0x30 if i == 1 else 0x10, urgent=lambda i: 9 if i == 1 else 0),
+    "bad-checksum": run(bad=2),
+    "bad-checksum-trusted": run(bad=2, trust=2),
+    "partial-and-full": run(partial=lambda i: i % 2 == 1),
+    "70-segments": run(n=70, size=8, last=8),
+    "70-segments-ipv6-tap": run(n=70, size=8, last=8, v6=True, tap=True),
+    "lone-partial": run(n=1, partial=lambda i: True),
+    "lone-partial-ipv6-tap": run(n=1, partial=lambda i: True, tap=True, v6=True),
+}
+
 def batch(backend, lens, edits=b""):
     out = bytes([(backend << 6) | len(lens)])
     for i, n in enumerate(lens):
@@ -119,3 +174,7 @@ for name, seeds in (("vnet_reader", reader), ("vnet_writer", writer), ("data_bat
         with open("corpus/%s/seed-%02d" % (name, i), "wb") as f:
             f.write(s)
     print(name, len(seeds), "seeds")
+for name, s in rules.items():
+    with open("corpus/vnet_writer/rule-%s" % name, "wb") as f:
+        f.write(s)
+print("vnet_writer", len(rules), "rules")

@@ -12,10 +12,10 @@ use std::io::IoSlice;
 
 use crate::VNET_HDR_LEN;
 use crate::vnet::packet::{
-    IPV4_CHECKSUM, IPV4_HEADER_MIN, IPV4_ID, IPV4_PROTOCOL, IPV4_TOTAL_LEN, IPV6_HEADER_LEN,
-    IPV6_NEXT_HEADER, IPV6_PAYLOAD_LEN, PROTO_TCP, PROTO_UDP, TCP_CHECKSUM, TCP_CWR, TCP_FIN,
-    TCP_FLAGS, TCP_HEADER_MIN, TCP_PSH, TCP_URG, TCP_URGENT, UDP_CHECKSUM, UDP_HEADER_LEN, UDP_LEN,
-    at, get16, pseudo_header, put16, set_ipv4_checksum,
+    IPV4_CHECKSUM, IPV4_DF, IPV4_FRAG, IPV4_HEADER_MIN, IPV4_ID, IPV4_PROTOCOL, IPV4_TOTAL_LEN,
+    IPV6_HEADER_LEN, IPV6_NEXT_HEADER, IPV6_PAYLOAD_LEN, PROTO_TCP, PROTO_UDP, TCP_ACK_FLAG,
+    TCP_CHECKSUM, TCP_CWR, TCP_FIN, TCP_FLAGS, TCP_HEADER_MIN, TCP_PSH, TCP_URG, TCP_URGENT,
+    UDP_CHECKSUM, UDP_HEADER_LEN, UDP_LEN, at, get16, pseudo_header, put16, set_ipv4_checksum,
 };
 use crate::vnet::{
     GsoType, Header, HeaderRepr, Layer, MAX_ETHERNET_HEADER, MAX_PACKET, MAX_SEGMENTS, Offloads,
@@ -110,11 +110,11 @@ pub fn vnet_reader(data: &[u8]) {
 ///
 /// Checks, for a batch the writer accepts: the frames taken whole ([`Writer::next_frame`])
 /// and in parts ([`Writer::next_frame_parts`]) are the same bytes; every packet is written
-/// exactly once: a lone one unchanged, a merged one (cut again by a [`Reader`]) as far
-/// as `kept` says; merged frames hold at most [`MAX_SEGMENTS`] packets. And for every
-/// packet, [`partial_checksum`] points inside it and [`complete_checksum`] changes
-/// nothing but that field. Not checked here (the property tests in `tests/vnet.rs` do):
-/// the merge rules on IPv4 ids and on checksums, and the header of a lone frame.
+/// exactly once and in order (frames in the order of their first packets): a lone one
+/// unchanged, behind the header its partial mark asks for; a merged one, cut again by a
+/// [`Reader`], as far as `kept` says, in a frame of at most [`MAX_SEGMENTS`] packets that
+/// [`merge_allowed`] says may merge. And for every packet, [`partial_checksum`] points
+/// inside it and [`complete_checksum`] changes nothing but that field.
 pub fn vnet_writer(data: &[u8]) {
     let Some((&ctl, mut rest)) = data.split_first() else {
         return;
@@ -174,16 +174,45 @@ pub fn vnet_writer(data: &[u8]) {
     }
     assert_eq!(k, frames.len(), "fewer frames in parts than whole");
 
-    // Each packet that comes out must be one that went in, taken once: a lone one byte
-    // for byte, a segment of a merged frame as far as `kept` says (matched after the
-    // lone ones).
-    let mut lone = Vec::new();
-    let mut segments = Vec::new();
-    for frame in &frames {
+    // Frames come in the order of their first packets, so each frame starts with the
+    // lowest-numbered packet that no earlier frame took. A lone frame is that packet, byte
+    // for byte, behind the header its partial mark asks for. A merged frame, cut again by
+    // a reader, is that packet and later ones, each the first not yet taken after the one
+    // before it that the segment matches as far as `kept` says and whose IPv4 id may
+    // follow; then `merge_allowed` checks those packets by the merge rules.
+    let originals_kept: Vec<Vec<u8>> = originals.iter().map(|o| kept(o, layer)).collect();
+    let mut taken = vec![false; originals.len()];
+    let most = lens.iter().max().copied().unwrap_or(0);
+    for (f, frame) in frames.iter().enumerate() {
+        let first = taken
+            .iter()
+            .position(|t| !t)
+            .expect("more frames than packets");
+        taken[first] = true;
         let hdr = HeaderRepr::parse(&Header::new_checked(&frame[..]).expect("a whole header"))
             .expect("a header the writer made parses");
         if hdr.gso == GsoType::None {
-            lone.push(frame[VNET_HDR_LEN..].to_vec());
+            assert_eq!(
+                &frame[VNET_HDR_LEN..],
+                &originals[first][..],
+                "frame {f} is not packet {first} alone"
+            );
+            // Nothing but, for a packet marked partial, NEEDS_CSUM where its field is.
+            let field = partial[first]
+                .then(|| partial_checksum(&originals[first], layer))
+                .flatten()
+                .map(|at| (at.start, at.offset));
+            let asked = hdr
+                .needs_csum
+                .then(|| (usize::from(hdr.csum_start), usize::from(hdr.csum_offset)));
+            assert_eq!(asked, field, "checksum asked for packet {first} alone");
+            let rest = HeaderRepr {
+                needs_csum: false,
+                csum_start: 0,
+                csum_offset: 0,
+                ..hdr
+            };
+            assert_eq!(rest, HeaderRepr::NONE, "header of packet {first} alone");
             continue;
         }
         let mut reader = Reader::with_layer(layer);
@@ -191,7 +220,6 @@ pub fn vnet_writer(data: &[u8]) {
             .push_frame(frame)
             .expect("the reader takes a merged frame");
         // Cut again, every segment is as long as the packet it was.
-        let most = lens.iter().max().copied().unwrap_or(0);
         let mut bufs = vec![vec![0u8; most]; MAX_SEGMENTS];
         let mut seg_lens = vec![0usize; MAX_SEGMENTS];
         let n = reader
@@ -206,30 +234,110 @@ pub fn vnet_writer(data: &[u8]) {
             0,
             "more than MAX_SEGMENTS in a merged frame"
         );
-        for (mut buf, &len) in bufs.into_iter().zip(&seg_lens[..n]) {
-            buf.truncate(len);
-            segments.push(kept(&buf, layer));
+        let mut members = vec![first];
+        for (k, (buf, &len)) in bufs.iter().zip(&seg_lens[..n]).enumerate() {
+            let segment = kept(&buf[..len], layer);
+            if k == 0 {
+                assert_eq!(
+                    segment, originals_kept[first],
+                    "frame {f} does not start with packet {first}"
+                );
+                continue;
+            }
+            let after = members[k - 1] + 1;
+            let next = (after..originals.len())
+                .find(|&i| {
+                    !taken[i]
+                        && originals_kept[i] == segment
+                        && id_may_follow(&originals[first], &originals[i], layer, k)
+                })
+                .expect("a segment that is no later packet");
+            taken[next] = true;
+            members.push(next);
+        }
+        let merged: Vec<(&[u8], bool)> = members
+            .iter()
+            .map(|&i| (&originals[i][..], partial[i]))
+            .collect();
+        merge_allowed(&merged, layer, ctl & 2 != 0);
+    }
+    assert!(taken.iter().all(|&t| t), "a packet was not written");
+}
+
+/// Whether `packet` may be segment `k` of a super-segment that starts with `head` by its
+/// IPv4 id: the head's plus `k`, or the head's with DF set (a fixed-id run).
+/// `merge_allowed` checks that a run keeps to one of the two.
+fn id_may_follow(head: &[u8], packet: &[u8], layer: Layer, k: usize) -> bool {
+    let Some(l3) = ip_start(head, layer) else {
+        return false;
+    };
+    if head[l3] >> 4 != 4 {
+        return true;
+    }
+    let (id0, id) = (get16(head, at(l3, IPV4_ID)), get16(packet, at(l3, IPV4_ID)));
+    id == id0.wrapping_add(k as u16) || (id == id0 && get16(head, at(l3, IPV4_FRAG)) & IPV4_DF != 0)
+}
+
+/// Checks that the packets of one merged frame (each with its partial mark) were allowed
+/// to merge, by rules stated here rather than taken from the writer: IPv4 with a header of
+/// 20 bytes whose checksum holds, or IPv6 with TCP or UDP next; IPv4 ids that all go up
+/// by one, or all stay the same under DF; TCP flags ACK, with PSH only on the last; and,
+/// unless the writer trusts them, transport checksums that hold on every packet not
+/// marked partial. (Equal headers, following sequence numbers and equal lengths are what
+/// cutting the frame again and comparing showed.)
+fn merge_allowed(members: &[(&[u8], bool)], layer: Layer, trusted: bool) {
+    let (head, _) = members[0];
+    let l3 = ip_start(head, layer).expect("a merged packet has an IP header");
+    let v4 = head[l3] >> 4 == 4;
+    if v4 {
+        let ids: Vec<u16> = members
+            .iter()
+            .map(|(p, _)| get16(p, at(l3, IPV4_ID)))
+            .collect();
+        let stepping = (0..ids.len()).all(|k| ids[k] == ids[0].wrapping_add(k as u16));
+        let fixed =
+            ids.iter().all(|&id| id == ids[0]) && get16(head, at(l3, IPV4_FRAG)) & IPV4_DF != 0;
+        assert!(stepping || fixed, "merged across IPv4 ids {ids:?}");
+    }
+    let last = members.len() - 1;
+    for (k, &(packet, partial)) in members.iter().enumerate() {
+        let ip = &packet[l3..];
+        let (l4, proto) = if v4 {
+            assert_eq!(ip[0] & 15, 5, "merged packet {k} with IPv4 options");
+            assert_eq!(
+                checksum::finish(checksum::sum(&ip[..IPV4_HEADER_MIN])),
+                0,
+                "merged packet {k} with a bad IPv4 header checksum"
+            );
+            (l3 + IPV4_HEADER_MIN, ip[IPV4_PROTOCOL])
+        } else {
+            (l3 + IPV6_HEADER_LEN, ip[IPV6_NEXT_HEADER])
+        };
+        match proto {
+            PROTO_TCP => {
+                let flags = packet[l4 + TCP_FLAGS];
+                let psh = if k == last { TCP_PSH } else { 0 };
+                assert_eq!(
+                    flags & !psh,
+                    TCP_ACK_FLAG,
+                    "merged segment {k} of {} with TCP flags {flags:#04x}",
+                    last + 1
+                );
+            }
+            PROTO_UDP => assert_ne!(
+                get16(packet, at(l4, UDP_CHECKSUM)),
+                0,
+                "merged UDP datagram {k} without a checksum"
+            ),
+            _ => panic!("merged packet {k} is neither TCP nor UDP"),
+        }
+        if !trusted && !partial {
+            assert!(
+                checksums_hold(packet, layer, Some(l4)),
+                "merged packet {k} with a bad checksum"
+            );
         }
     }
-    let mut unmatched: Vec<Option<&Vec<u8>>> = originals.iter().map(Some).collect();
-    for packet in &lone {
-        let found = unmatched.iter_mut().find(|o| *o == &Some(packet));
-        *found.expect("a lone packet out that did not go in, or went in fewer times") = None;
-    }
-    let originals_kept: Vec<Vec<u8>> = originals.iter().map(|o| kept(o, layer)).collect();
-    for packet in &segments {
-        let found = unmatched
-            .iter_mut()
-            .zip(&originals_kept)
-            .find(|(o, k)| o.is_some() && *k == packet);
-        *found
-            .expect("a segment out that did not go in, or went in fewer times")
-            .0 = None;
-    }
-    assert!(
-        unmatched.iter().all(Option::is_none),
-        "a packet was not written"
-    );
 }
 
 /// Where the IP packet starts in `packet`: 0 on TUN, behind the Ethernet header on TAP.
