@@ -43,6 +43,10 @@ def tcp(seq, payload, flags=0x10, opts=b"", window=512, urgent=0):
     return struct.pack("!HHIIBBHHH", 40000, 5201, seq, 1, (5 + len(opts) // 4) << 4, flags,
                        window, 0, urgent) + opts + payload
 
+def ts(v):
+    """TCP options: two NOPs and a timestamp."""
+    return b"\x01\x01\x08\x0a" + struct.pack("!II", v, 7)
+
 def udp(payload):
     return struct.pack("!HHHH", 40000, 5201, 8 + len(payload), 0) + payload
 
@@ -103,6 +107,18 @@ for tap in (False, True):
                         w += bytes([0 if full else 1]) + struct.pack("<H", len(p)) + p
                     writer.append(w)
 
+# Super-segments as Linux sends them: TCP with timestamps (a 32-byte header) and PSH on
+# the last segment, IPv4 with DF and without.
+for tap, v6, df in itertools.product((False, True), (False, True), (0x4000, 0)):
+    if v6 and not df:
+        continue
+    link = eth(False, v6) if tap else b""
+    l3 = len(link) + (40 if v6 else 20)
+    l4 = tcp(1000, body(3 * 1448 + 100, 3), 0x18, ts(5))
+    frame = vnet(1, 4 if v6 else 1, l3 + 32, 1448, l3, 16)
+    ctl = int(tap) | 2 | (1 << 2) | (2 << 5)
+    reader.append(bytes([ctl]) + frame + link + packet(v6, 6, l4, False, ident=77, frag=df))
+
 def entry(p, partial=False):
     return bytes([int(partial)]) + struct.pack("<H", len(p)) + p
 
@@ -123,10 +139,6 @@ def run(n=4, size=700, last=300, tap=False, v6=False, trust=0, ident=lambda i: 1
         w += entry(p, partial(i))
         seq += len(data)
     return w
-
-def ts(v):
-    """TCP options: two NOPs and a timestamp."""
-    return b"\x01\x01\x08\x0a" + struct.pack("!II", v, 7)
 
 # The merge rules, one run each: what the writer must merge, and what it must not. Kept
 # in the corpus under these names (cmin keeps only inputs that add coverage, and these
