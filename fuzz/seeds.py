@@ -23,9 +23,9 @@ def fold(s):
         s = (s & 0xFFFF) + (s >> 16)
     return s
 
-def ip4(proto, payload_len, ident=1, frag=0x4000):
-    h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + payload_len, ident, frag, 64, proto, 0,
-                    bytes([10, 77, 0, 2]), bytes([10, 77, 0, 1]))
+def ip4(proto, payload_len, ident=1, frag=0x4000, opts=b""):
+    h = struct.pack("!BBHHHBBH4s4s", 0x40 | (5 + len(opts) // 4), 0, 20 + len(opts) + payload_len,
+                    ident, frag, 64, proto, 0, bytes([10, 77, 0, 2]), bytes([10, 77, 0, 1])) + opts
     c = 0xFFFF - csum(h)
     return h[:10] + struct.pack("!H", c) + h[12:]
 
@@ -50,11 +50,11 @@ def ts(v):
 def udp(payload):
     return struct.pack("!HHHH", 40000, 5201, 8 + len(payload), 0) + payload
 
-def packet(v6, proto, l4, full_csum, seq=0, ident=None, frag=0x4000):
+def packet(v6, proto, l4, full_csum, seq=0, ident=None, frag=0x4000, ip_opts=b""):
     """An IP packet around l4 (a TCP or UDP header and payload) with its checksum either
     complete or partial (the pseudo-header sum only, as the kernel leaves it)."""
     ident = 1 + seq if ident is None else ident
-    ip = ip6(proto, len(l4)) if v6 else ip4(proto, len(l4), ident=ident, frag=frag)
+    ip = ip6(proto, len(l4)) if v6 else ip4(proto, len(l4), ident, frag, ip_opts)
     ps = pseudo(ip, proto, len(l4))
     at = 16 if proto == 6 else 6
     if full_csum:
@@ -65,10 +65,10 @@ def packet(v6, proto, l4, full_csum, seq=0, ident=None, frag=0x4000):
         c = ps
     return ip + l4[:at] + struct.pack("!H", c) + l4[at + 2:]
 
-def eth(vlan, v6):
+def eth(vlan, v6, vid=7):
     h = bytes([2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2])
     if vlan:
-        h += struct.pack("!HH", 0x8100, 7)
+        h += struct.pack("!HH", 0x8100, vid)
     return h + struct.pack("!H", 0x86DD if v6 else 0x0800)
 
 def vnet(flags, gso, hdr_len, gso_size, csum_start, csum_offset):
@@ -122,48 +122,114 @@ for tap, v6, df in itertools.product((False, True), (False, True), (0x4000, 0)):
 def entry(p, partial=False):
     return bytes([int(partial)]) + struct.pack("<H", len(p)) + p
 
-def run(n=4, size=700, last=300, tap=False, v6=False, trust=0, ident=lambda i: 1 + i,
-        frag=lambda i: 0x4000, opts=lambda i: b"", window=lambda i: 512, flags=lambda i: 0x10,
-        urgent=lambda i: 0, bad=None, partial=lambda i: False):
-    """A run of n TCP segments of one flow, each element of which a function of the
-    segment's index may vary: what the writer must merge, or must not."""
+def segment(seq, size, v6=False, tap=False, udp_=False, vlan=None, ident=1, frag=0x4000,
+            ip_opts=b"", opts=b"", window=512, flags=0x10, urgent=0, byte12=None,
+            full=True, udp_len=None, udp_sum0=False, trail=b"", bad=False):
+    """One TCP segment or UDP datagram of the writer seeds' flow, with any of its fields
+    set: the element of a run that the run's rule is about."""
+    data = body(size, 9)
+    if udp_:
+        l4 = udp(data)
+        if udp_len is not None:
+            l4 = l4[:4] + struct.pack("!H", udp_len) + l4[6:]
+    else:
+        l4 = tcp(seq, data, flags, opts, window, urgent)
+        if byte12 is not None:
+            l4 = l4[:12] + bytes([byte12]) + l4[13:]
+    link = eth(vlan is not None, v6, vlan or 0) if tap else b""
+    p = link + packet(v6, 17 if udp_ else 6, l4, full, ident=ident, frag=frag, ip_opts=ip_opts)
+    if udp_sum0:
+        at = len(link) + (40 if v6 else 20) + 6
+        p = p[:at] + b"\0\0" + p[at + 2:]
+    if bad:
+        p = p[:-1] + bytes([p[-1] ^ 1])
+    return p + trail
+
+def writer_input(entries, tap=False, trust=0):
+    """A vnet_writer input: control byte (offset 16), then (packet, partial) entries."""
     w = bytes([int(tap) | trust | (2 << 2)])
-    link = eth(False, v6) if tap else b""
-    seq = 1000
-    for i in range(n):
-        data = body(size if i < n - 1 else last, 9)
-        l4 = tcp(seq, data, flags(i), opts(i), window(i), urgent(i))
-        p = link + packet(v6, 6, l4, not partial(i), ident=ident(i), frag=frag(i))
-        if bad == i:
-            p = p[:-1] + bytes([p[-1] ^ 1])
-        w += entry(p, partial(i))
-        seq += len(data)
+    for p, partial in entries:
+        w += bytes([int(partial)]) + struct.pack("<H", len(p)) + p
     return w
+
+def run(n=4, sizes=None, tap=False, trust=0, partial=lambda i: False, **fields):
+    """A run of n segments of one flow. Each keyword is a field of `segment`, given as a
+    function of the segment's index; sizes are 700 bytes, 300 for the last, unless given."""
+    sizes = sizes or (lambda i: 700 if i < n - 1 else 300)
+    entries, seq = [], 1000
+    for i in range(n):
+        kw = {k: f(i) for k, f in fields.items()}
+        entries.append((segment(seq, sizes(i), tap=tap, full=not partial(i), **kw), partial(i)))
+        seq += sizes(i)
+    return writer_input(entries, tap, trust)
+
+def in_turn(*packets, tap=False):
+    """A writer input of whole packets, in the order given."""
+    return writer_input([(p, False) for p in packets], tap)
+
+hop_by_hop = ip6(0, 8 + 20) + bytes([6, 0, 1, 4, 0, 0, 0, 0]) + tcp(9, b"")
+fragment = ip4(17, 8 + 16, ident=50, frag=0x2000) + udp(body(16, 1))
+always = lambda v: (lambda i: v)
+at2 = lambda v, other: (lambda i: v if i == 2 else other)
 
 # The merge rules, one run each: what the writer must merge, and what it must not. Kept
 # in the corpus under these names (cmin keeps only inputs that add coverage, and these
 # are what make a broken rule fail the replay test).
 rules = {
-    "options-equal": run(opts=lambda i: ts(5)),
+    "options-equal": run(opts=always(ts(5))),
     "options-differ": run(opts=lambda i: ts(5 + (i == 2))),
-    "no-df-ids-step": run(frag=lambda i: 0, ident=lambda i: 300 + i),
-    "df-fixed-id": run(ident=lambda i: 300),
-    "no-df-fixed-id": run(frag=lambda i: 0, ident=lambda i: 300),
+    "no-df-ids-step": run(frag=always(0), ident=lambda i: 300 + i),
+    "df-fixed-id": run(ident=always(300)),
+    "no-df-fixed-id": run(frag=always(0), ident=always(300)),
     "ids-step-by-2": run(ident=lambda i: 300 + 2 * i),
-    "df-missing-on-one": run(frag=lambda i: 0 if i == 2 else 0x4000, ident=lambda i: 300 + i),
-    "psh-before-last": run(flags=lambda i: 0x18 if i == 1 else 0x10),
-    "psh-on-last": run(flags=lambda i: 0x18 if i == 3 else 0x10),
-    "window-differs": run(window=lambda i: 512 + (i == 2)),
-    "ece": run(flags=lambda i: 0x50 if i == 2 else 0x10),
-    "fin-on-last": run(flags=lambda i: 0x11 if i == 3 else 0x10),
-    "urg": run(flags=lambda i: 0x30 if i == 1 else 0x10, urgent=lambda i: 9 if i == 1 else 0),
-    "bad-checksum": run(bad=2),
-    "bad-checksum-trusted": run(bad=2, trust=2),
-    "partial-and-full": run(partial=lambda i: i % 2 == 1),
-    "70-segments": run(n=70, size=8, last=8),
-    "70-segments-ipv6-tap": run(n=70, size=8, last=8, v6=True, tap=True),
-    "lone-partial": run(n=1, partial=lambda i: True),
-    "lone-partial-ipv6-tap": run(n=1, partial=lambda i: True, tap=True, v6=True),
+    "df-ids-fixed-then-step": run(ident=lambda i: [300, 300, 302, 303][i]),
+    "df-missing-on-one": run(frag=at2(0, 0x4000), ident=lambda i: 300 + i),
+    "ipv4-options": run(ip_opts=always(b"\0\0\0\0"), ident=lambda i: 1 + i),
+    "tcp-byte-12-differs": run(byte12=at2(0x51, 0x50), ident=lambda i: 1 + i),
+    "psh-before-last": run(flags=lambda i: 0x18 if i == 1 else 0x10, ident=lambda i: 1 + i),
+    "psh-on-last": run(flags=lambda i: 0x18 if i == 3 else 0x10, ident=lambda i: 1 + i),
+    "no-ack": run(flags=always(0), ident=lambda i: 1 + i),
+    "window-differs": run(window=at2(513, 512), ident=lambda i: 1 + i),
+    "ece": run(flags=at2(0x50, 0x10), ident=lambda i: 1 + i),
+    "fin-on-last": run(flags=lambda i: 0x11 if i == 3 else 0x10, ident=lambda i: 1 + i),
+    "urg": run(flags=lambda i: 0x30 if i == 1 else 0x10, urgent=lambda i: 9 if i == 1 else 0,
+               ident=lambda i: 1 + i),
+    "longer-segment": run(sizes=lambda i: [700, 704, 700, 300][i], ident=lambda i: 1 + i),
+    "short-segment-in-the-middle": run(sizes=lambda i: [700, 300, 700, 300][i],
+                                       ident=lambda i: 1 + i),
+    "bad-checksum": run(bad=at2(True, False), ident=lambda i: 1 + i),
+    "bad-checksum-trusted": run(trust=2, bad=at2(True, False), ident=lambda i: 1 + i),
+    "trailing-bytes-trusted": run(trust=2, trail=lambda i: b"\0" * 4 if i == 3 else b"",
+                                  ident=lambda i: 1 + i),
+    "partial-and-full": run(partial=lambda i: i % 2 == 1, ident=lambda i: 1 + i),
+    "vlan-differs": run(tap=True, vlan=at2(8, 7), ident=lambda i: 1 + i),
+    "udp": run(udp_=always(True), ident=lambda i: 1 + i),
+    "udp-ipv6-tap": run(tap=True, udp_=always(True), v6=always(True)),
+    "udp-sum-0-trusted": run(trust=2, udp_=always(True), udp_sum0=at2(True, False),
+                             ident=lambda i: 1 + i),
+    "udp-length-wrong-trusted": run(trust=2, udp_=always(True), udp_len=at2(9, None),
+                                    ident=lambda i: 1 + i),
+    "udp-longer-datagram": run(udp_=always(True), sizes=lambda i: [700, 700, 800, 300][i],
+                               ident=lambda i: 1 + i),
+    "udp-short-datagram-in-the-middle": run(udp_=always(True),
+                                            sizes=lambda i: [700, 300, 700, 300][i],
+                                            ident=lambda i: 1 + i),
+    "alone-between": in_turn(segment(1000, 700, ident=1), segment(1700, 700, ident=2, flags=0x11),
+                             segment(1700, 300, ident=2)),
+    "pure-ack-between": in_turn(segment(1000, 700, ident=1), segment(1700, 0, ident=2),
+                                segment(1700, 300, ident=2)),
+    "fragment-between": in_turn(segment(1000, 700, ident=1), fragment,
+                                segment(1700, 700, ident=2), segment(2400, 300, ident=3)),
+    "ipv6-extension-between": in_turn(segment(1000, 700, v6=True), hop_by_hop,
+                                      segment(1700, 700, v6=True), segment(2400, 300, v6=True)),
+    "bad-then-retransmitted": in_turn(segment(1000, 700, ident=1),
+                                      segment(1700, 700, ident=2, bad=True),
+                                      segment(1700, 700, ident=2), segment(2400, 300, ident=3)),
+    "70-segments": run(n=70, sizes=always(8), ident=lambda i: 1 + i),
+    "70-segments-ipv6-tap": run(n=70, sizes=always(8), tap=True, v6=always(True)),
+    "62-segments-past-64-kib": run(n=62, sizes=always(1100), ident=lambda i: 1 + i),
+    "lone-partial": run(n=1, partial=always(True)),
+    "lone-partial-ipv6-tap": run(n=1, tap=True, partial=always(True), v6=always(True)),
 }
 
 def batch(backend, lens, edits=b""):

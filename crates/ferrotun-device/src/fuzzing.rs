@@ -12,9 +12,10 @@ use std::io::IoSlice;
 
 use crate::VNET_HDR_LEN;
 use crate::vnet::packet::{
-    IPV4_CHECKSUM, IPV4_DF, IPV4_FRAG, IPV4_HEADER_MIN, IPV4_ID, IPV4_PROTOCOL, IPV4_TOTAL_LEN,
-    IPV6_HEADER_LEN, IPV6_NEXT_HEADER, IPV6_PAYLOAD_LEN, PROTO_TCP, PROTO_UDP, TCP_ACK_FLAG,
-    TCP_CHECKSUM, TCP_CWR, TCP_FIN, TCP_FLAGS, TCP_HEADER_MIN, TCP_PSH, TCP_URG, TCP_URGENT,
+    IPV4_CHECKSUM, IPV4_DF, IPV4_DST, IPV4_FRAG, IPV4_FRAG_MASK, IPV4_HEADER_MIN, IPV4_ID,
+    IPV4_PROTOCOL, IPV4_SRC, IPV4_TOTAL_LEN, IPV6_DST, IPV6_HEADER_LEN, IPV6_NEXT_HEADER,
+    IPV6_PAYLOAD_LEN, IPV6_SRC, PROTO_TCP, PROTO_UDP, TCP_ACK_FLAG, TCP_CHECKSUM, TCP_CWR,
+    TCP_DATA_OFFSET, TCP_FIN, TCP_FLAGS, TCP_HEADER_MIN, TCP_PSH, TCP_URG, TCP_URGENT,
     UDP_CHECKSUM, UDP_HEADER_LEN, UDP_LEN, at, get16, pseudo_header, put16, set_ipv4_checksum,
 };
 use crate::vnet::{
@@ -113,8 +114,10 @@ pub fn vnet_reader(data: &[u8]) {
 /// exactly once and in order (frames in the order of their first packets): a lone one
 /// unchanged, behind the header its partial mark asks for; a merged one, cut again by a
 /// [`Reader`], as far as `kept` says, in a frame of at most [`MAX_SEGMENTS`] packets that
-/// [`merge_allowed`] says may merge. And for every packet, [`partial_checksum`] points
-/// inside it and [`complete_checksum`] changes nothing but that field.
+/// [`merge_allowed`] says may merge, across no packet that closes the run, behind a
+/// header that asks for the first packet's segments back. And for every packet,
+/// [`partial_checksum`] points inside it and [`complete_checksum`] changes nothing but
+/// that field.
 pub fn vnet_writer(data: &[u8]) {
     let Some((&ctl, mut rest)) = data.split_first() else {
         return;
@@ -260,8 +263,119 @@ pub fn vnet_writer(data: &[u8]) {
             .map(|&i| (&originals[i][..], partial[i]))
             .collect();
         merge_allowed(&merged, layer, ctl & 2 != 0);
+        // Nothing between the first and the last member may close the run: a packet of
+        // the flow that did not join it, or one whose flow cannot be told.
+        let run = flow(&originals[first], layer).expect("a merged packet has a flow");
+        let (lo, hi) = (members[0], members[members.len() - 1]);
+        for (i, other) in originals.iter().enumerate().take(hi).skip(lo + 1) {
+            let closes =
+                tells_no_flow(other, layer) || flow(other, layer).is_some_and(|o| o.key == run.key);
+            assert!(
+                members.contains(&i) || !closes,
+                "frame {f} merged across packet {i}, which closes its run"
+            );
+        }
+        // The header asks for the first packet's segments back, and a checksum.
+        let hdr_len = match run.tcp {
+            true => run.l4 + usize::from(originals[first][run.l4 + TCP_DATA_OFFSET] >> 4) * 4,
+            false => run.l4 + UDP_HEADER_LEN,
+        };
+        let gso = match (run.tcp, run.key[0]) {
+            (true, 4) => GsoType::TcpV4,
+            (true, _) => GsoType::TcpV6,
+            (false, _) => GsoType::UdpL4,
+        };
+        let field = if run.tcp { TCP_CHECKSUM } else { UDP_CHECKSUM };
+        let want = (
+            gso,
+            true,
+            hdr_len,
+            originals[first].len() - hdr_len,
+            run.l4,
+            field.start,
+        );
+        let got = (
+            hdr.gso,
+            hdr.needs_csum,
+            usize::from(hdr.hdr_len),
+            usize::from(hdr.gso_size),
+            usize::from(hdr.csum_start),
+            usize::from(hdr.csum_offset),
+        );
+        assert_eq!(got, want, "header of merged frame {f}");
     }
     assert!(taken.iter().all(|&t| t), "a packet was not written");
+}
+
+/// Where the IP packet starts, for a packet the writer may take for IP: on TAP, only
+/// behind an EtherType that agrees with the IP version.
+fn ip_start_agreeing(packet: &[u8], layer: Layer) -> Option<usize> {
+    match layer {
+        Layer::Ip => Some(0),
+        Layer::Ethernet => {
+            let link = ethernet::parse(packet).ok()?;
+            (packet.get(link.len)? >> 4 == link.ip_version()?).then_some(link.len)
+        }
+    }
+}
+
+/// A packet's flow, as far as the merge rules go.
+struct Flow {
+    /// IP version, protocol, addresses and ports.
+    key: Vec<u8>,
+    /// Where its TCP or UDP header starts.
+    l4: usize,
+    tcp: bool,
+}
+
+/// The flow of an IPv4 packet that is not a fragment, or of an IPv6 packet with TCP or
+/// UDP right after the fixed header, whose TCP or UDP header is whole; else `None`.
+fn flow(packet: &[u8], layer: Layer) -> Option<Flow> {
+    let l3 = ip_start_agreeing(packet, layer)?;
+    let ip = &packet[l3..];
+    let (l4, proto, addrs) = match ip.first()? >> 4 {
+        4 if ip.len() >= IPV4_HEADER_MIN && get16(ip, IPV4_FRAG) & IPV4_FRAG_MASK == 0 => (
+            usize::from(ip[0] & 15) * 4,
+            ip[IPV4_PROTOCOL],
+            &ip[IPV4_SRC.start..IPV4_DST.end],
+        ),
+        6 if ip.len() >= IPV6_HEADER_LEN => (
+            IPV6_HEADER_LEN,
+            ip[IPV6_NEXT_HEADER],
+            &ip[IPV6_SRC.start..IPV6_DST.end],
+        ),
+        _ => return None,
+    };
+    let min = match proto {
+        PROTO_TCP => TCP_HEADER_MIN,
+        PROTO_UDP => UDP_HEADER_LEN,
+        _ => return None,
+    };
+    if l4 < IPV4_HEADER_MIN || ip.len() < l4 + min {
+        return None;
+    }
+    let mut key = vec![ip[0] >> 4, proto];
+    key.extend_from_slice(addrs);
+    key.extend_from_slice(&ip[l4..l4 + 4]);
+    Some(Flow {
+        key,
+        l4: l3 + l4,
+        tcp: proto == PROTO_TCP,
+    })
+}
+
+/// Whether `packet` is IP whose flow cannot be told, which closes every run: an IPv4
+/// fragment, or IPv6 with a hop-by-hop, routing, fragment or destination options header.
+fn tells_no_flow(packet: &[u8], layer: Layer) -> bool {
+    let Some(l3) = ip_start_agreeing(packet, layer) else {
+        return false;
+    };
+    let ip = &packet[l3..];
+    match ip.first().map(|b| b >> 4) {
+        Some(4) => ip.len() >= IPV4_HEADER_MIN && get16(ip, IPV4_FRAG) & IPV4_FRAG_MASK != 0,
+        Some(6) => ip.len() >= IPV6_HEADER_LEN && matches!(ip[IPV6_NEXT_HEADER], 0 | 43 | 44 | 60),
+        _ => false,
+    }
 }
 
 /// Whether `packet` may be segment `k` of a super-segment that starts with `head` by its
@@ -304,6 +418,11 @@ fn merge_allowed(members: &[(&[u8], bool)], layer: Layer, trusted: bool) {
         let ip = &packet[l3..];
         let (l4, proto) = if v4 {
             assert_eq!(ip[0] & 15, 5, "merged packet {k} with IPv4 options");
+            assert_eq!(
+                get16(ip, IPV4_FRAG) & IPV4_FRAG_MASK,
+                0,
+                "merged fragment {k}"
+            );
             assert_eq!(
                 checksum::finish(checksum::sum(&ip[..IPV4_HEADER_MIN])),
                 0,
