@@ -147,15 +147,14 @@ def segment(seq, size, v6=False, tap=False, udp_=False, vlan=None, ident=1, frag
 
 def writer_input(entries, tap=False, trust=0):
     """A vnet_writer input: control byte (offset 16), then (packet, partial) entries."""
-    w = bytes([int(tap) | trust | (2 << 2)])
-    for p, partial in entries:
-        w += bytes([int(partial)]) + struct.pack("<H", len(p)) + p
-    return w
+    return bytes([int(tap) | trust | (2 << 2)]) + b"".join(entry(p, pa) for p, pa in entries)
 
 def run(n=4, sizes=None, tap=False, trust=0, partial=lambda i: False, **fields):
     """A run of n segments of one flow. Each keyword is a field of `segment`, given as a
-    function of the segment's index; sizes are 700 bytes, 300 for the last, unless given."""
+    function of the segment's index; sizes are 700 bytes, 300 for the last, and IPv4 ids
+    go up by one, unless given."""
     sizes = sizes or (lambda i: 700 if i < n - 1 else 300)
+    fields.setdefault("ident", lambda i: 1 + i)
     entries, seq = [], 1000
     for i in range(n):
         kw = {k: f(i) for k, f in fields.items()}
@@ -172,7 +171,7 @@ fragment = ip4(17, 8 + 16, ident=50, frag=0x2000) + udp(body(16, 1))
 always = lambda v: (lambda i: v)
 at2 = lambda v, other: (lambda i: v if i == 2 else other)
 
-# The merge rules, one run each: what the writer must merge, and what it must not. Kept
+# The merge rules, one input each: what the writer must merge, and what it must not. Kept
 # in the corpus under these names (cmin keeps only inputs that add coverage, and these
 # are what make a broken rule fail the replay test).
 rules = {
@@ -184,36 +183,29 @@ rules = {
     "ids-step-by-2": run(ident=lambda i: 300 + 2 * i),
     "df-ids-fixed-then-step": run(ident=lambda i: [300, 300, 302, 303][i]),
     "df-missing-on-one": run(frag=at2(0, 0x4000), ident=lambda i: 300 + i),
-    "ipv4-options": run(ip_opts=always(b"\0\0\0\0"), ident=lambda i: 1 + i),
-    "tcp-byte-12-differs": run(byte12=at2(0x51, 0x50), ident=lambda i: 1 + i),
-    "psh-before-last": run(flags=lambda i: 0x18 if i == 1 else 0x10, ident=lambda i: 1 + i),
-    "psh-on-last": run(flags=lambda i: 0x18 if i == 3 else 0x10, ident=lambda i: 1 + i),
-    "no-ack": run(flags=always(0), ident=lambda i: 1 + i),
-    "window-differs": run(window=at2(513, 512), ident=lambda i: 1 + i),
-    "ece": run(flags=at2(0x50, 0x10), ident=lambda i: 1 + i),
-    "fin-on-last": run(flags=lambda i: 0x11 if i == 3 else 0x10, ident=lambda i: 1 + i),
-    "urg": run(flags=lambda i: 0x30 if i == 1 else 0x10, urgent=lambda i: 9 if i == 1 else 0,
-               ident=lambda i: 1 + i),
-    "longer-segment": run(sizes=lambda i: [700, 704, 700, 300][i], ident=lambda i: 1 + i),
-    "short-segment-in-the-middle": run(sizes=lambda i: [700, 300, 700, 300][i],
-                                       ident=lambda i: 1 + i),
-    "bad-checksum": run(bad=at2(True, False), ident=lambda i: 1 + i),
-    "bad-checksum-trusted": run(trust=2, bad=at2(True, False), ident=lambda i: 1 + i),
-    "trailing-bytes-trusted": run(trust=2, trail=lambda i: b"\0" * 4 if i == 3 else b"",
-                                  ident=lambda i: 1 + i),
-    "partial-and-full": run(partial=lambda i: i % 2 == 1, ident=lambda i: 1 + i),
-    "vlan-differs": run(tap=True, vlan=at2(8, 7), ident=lambda i: 1 + i),
-    "udp": run(udp_=always(True), ident=lambda i: 1 + i),
+    "ipv4-options": run(ip_opts=always(b"\0\0\0\0")),
+    "tcp-byte-12-differs": run(byte12=at2(0x51, 0x50)),
+    "psh-before-last": run(flags=lambda i: 0x18 if i == 1 else 0x10),
+    "psh-on-last": run(flags=lambda i: 0x18 if i == 3 else 0x10),
+    "no-ack": run(flags=always(0)),
+    "window-differs": run(window=at2(513, 512)),
+    "ece": run(flags=at2(0x50, 0x10)),
+    "fin-on-last": run(flags=lambda i: 0x11 if i == 3 else 0x10),
+    "urg": run(flags=lambda i: 0x30 if i == 1 else 0x10, urgent=lambda i: 9 if i == 1 else 0),
+    "longer-segment": run(sizes=lambda i: [700, 704, 700, 300][i]),
+    "short-segment-in-the-middle": run(sizes=lambda i: [700, 300, 700, 300][i]),
+    "bad-checksum": run(bad=at2(True, False)),
+    "bad-checksum-trusted": run(trust=2, bad=at2(True, False)),
+    "trailing-bytes-trusted": run(trust=2, trail=lambda i: b"\0" * 4 if i == 3 else b""),
+    "partial-and-full": run(partial=lambda i: i % 2 == 1),
+    "vlan-differs": run(tap=True, vlan=at2(8, 7)),
+    "udp": run(udp_=always(True)),
     "udp-ipv6-tap": run(tap=True, udp_=always(True), v6=always(True)),
-    "udp-sum-0-trusted": run(trust=2, udp_=always(True), udp_sum0=at2(True, False),
-                             ident=lambda i: 1 + i),
-    "udp-length-wrong-trusted": run(trust=2, udp_=always(True), udp_len=at2(9, None),
-                                    ident=lambda i: 1 + i),
-    "udp-longer-datagram": run(udp_=always(True), sizes=lambda i: [700, 700, 800, 300][i],
-                               ident=lambda i: 1 + i),
+    "udp-sum-0-trusted": run(trust=2, udp_=always(True), udp_sum0=at2(True, False)),
+    "udp-length-wrong-trusted": run(trust=2, udp_=always(True), udp_len=at2(9, None)),
+    "udp-longer-datagram": run(udp_=always(True), sizes=lambda i: [700, 700, 800, 300][i]),
     "udp-short-datagram-in-the-middle": run(udp_=always(True),
-                                            sizes=lambda i: [700, 300, 700, 300][i],
-                                            ident=lambda i: 1 + i),
+                                            sizes=lambda i: [700, 300, 700, 300][i]),
     "alone-between": in_turn(segment(1000, 700, ident=1), segment(1700, 700, ident=2, flags=0x11),
                              segment(1700, 300, ident=2)),
     "pure-ack-between": in_turn(segment(1000, 700, ident=1), segment(1700, 0, ident=2),
@@ -225,9 +217,9 @@ rules = {
     "bad-then-retransmitted": in_turn(segment(1000, 700, ident=1),
                                       segment(1700, 700, ident=2, bad=True),
                                       segment(1700, 700, ident=2), segment(2400, 300, ident=3)),
-    "70-segments": run(n=70, sizes=always(8), ident=lambda i: 1 + i),
+    "70-segments": run(n=70, sizes=always(8)),
     "70-segments-ipv6-tap": run(n=70, sizes=always(8), tap=True, v6=always(True)),
-    "62-segments-past-64-kib": run(n=62, sizes=always(1100), ident=lambda i: 1 + i),
+    "62-segments-past-64-kib": run(n=62, sizes=always(1100)),
     "lone-partial": run(n=1, partial=always(True)),
     "lone-partial-ipv6-tap": run(n=1, tap=True, partial=always(True), v6=always(True)),
 }
