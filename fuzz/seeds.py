@@ -74,6 +74,10 @@ def eth(vlan, v6, vid=7):
 def vnet(flags, gso, hdr_len, gso_size, csum_start, csum_offset):
     return struct.pack("<BBHHHH", flags, gso, hdr_len, gso_size, csum_start, csum_offset)
 
+def entry(p, partial=False):
+    """One packet of a vnet_writer input: its partial flag, length and bytes."""
+    return bytes([int(partial)]) + struct.pack("<H", len(p)) + p
+
 def body(n, seed):
     return bytes((seed * 31 + i * 7) & 0xFF for i in range(n))
 
@@ -104,7 +108,7 @@ for tap in (False, True):
                         seg = body(700 if i < 3 else 300, 9)
                         l4 = tcp(1000 + 700 * i, seg) if proto == 6 else udp(seg)
                         p = link + packet(v6, proto, l4, full, seq=i)
-                        w += bytes([0 if full else 1]) + struct.pack("<H", len(p)) + p
+                        w += entry(p, not full)
                     writer.append(w)
 
 # Super-segments as Linux sends them: TCP with timestamps (a 32-byte header) and PSH on
@@ -118,9 +122,6 @@ for tap, v6, df in itertools.product((False, True), (False, True), (0x4000, 0)):
     frame = vnet(1, 4 if v6 else 1, l3 + 32, 1448, l3, 16)
     ctl = int(tap) | 2 | (1 << 2) | (2 << 5)
     reader.append(bytes([ctl]) + frame + link + packet(v6, 6, l4, False, ident=77, frag=df))
-
-def entry(p, partial=False):
-    return bytes([int(partial)]) + struct.pack("<H", len(p)) + p
 
 def segment(seq, size, v6=False, tap=False, udp_=False, vlan=None, ident=1, frag=0x4000,
             ip_opts=b"", opts=b"", window=512, flags=0x10, urgent=0, byte12=None,

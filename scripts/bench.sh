@@ -245,8 +245,6 @@ run_path() { # path round
 }
 
 echo "bench.sh: $SECS s per figure, median of $RUNS rounds taken in turn over the paths${PIN_A[*]:+, ends pinned to CPUs}" >&2
-# Rounds go round the paths (raw, null, udp, tcp, tap, then again), so a host that
-# slows down for a while slows every path alike instead of the one measured then.
 PATHS=()
 for path in raw null udp tcp tap; do [[ ",$ONLY," == *,$path,* ]] && PATHS+=("$path"); done
 for r in $(seq 1 "$RUNS"); do

@@ -11,6 +11,7 @@
 use std::io::IoSlice;
 
 use crate::VNET_HDR_LEN;
+use crate::vnet::checksum;
 use crate::vnet::packet::{
     IPV4_CHECKSUM, IPV4_DF, IPV4_DST, IPV4_FRAG, IPV4_FRAG_MASK, IPV4_HEADER_MIN, IPV4_ID,
     IPV4_PROTOCOL, IPV4_SRC, IPV4_TOTAL_LEN, IPV6_DST, IPV6_HEADER_LEN, IPV6_NEXT_HEADER,
@@ -22,7 +23,6 @@ use crate::vnet::{
     GsoType, Header, HeaderRepr, Layer, MAX_ETHERNET_HEADER, MAX_PACKET, MAX_SEGMENTS, Offloads,
     Reader, Writer, complete_checksum, partial_checksum,
 };
-use crate::vnet::{checksum, ethernet};
 
 /// A fuzz target body.
 pub type FuzzTarget = fn(&[u8]);
@@ -262,10 +262,9 @@ pub fn vnet_writer(data: &[u8]) {
             .iter()
             .map(|&i| (&originals[i][..], partial[i]))
             .collect();
-        merge_allowed(&merged, layer, ctl & 2 != 0);
+        let run = merge_allowed(&merged, layer, ctl & 2 != 0);
         // Nothing between the first and the last member may close the run: a packet of
         // the flow that did not join it, or one whose flow cannot be told.
-        let run = flow(&originals[first], layer).expect("a merged packet has a flow");
         let (lo, hi) = (members[0], members[members.len() - 1]);
         for (i, other) in originals.iter().enumerate().take(hi).skip(lo + 1) {
             let closes =
@@ -307,22 +306,12 @@ pub fn vnet_writer(data: &[u8]) {
     assert!(taken.iter().all(|&t| t), "a packet was not written");
 }
 
-/// Where the IP packet starts, for a packet the writer may take for IP: on TAP, only
-/// behind an EtherType that agrees with the IP version.
-fn ip_start_agreeing(packet: &[u8], layer: Layer) -> Option<usize> {
-    match layer {
-        Layer::Ip => Some(0),
-        Layer::Ethernet => {
-            let link = ethernet::parse(packet).ok()?;
-            (packet.get(link.len)? >> 4 == link.ip_version()?).then_some(link.len)
-        }
-    }
-}
-
 /// A packet's flow, as far as the merge rules go.
 struct Flow {
     /// IP version, protocol, addresses and ports.
     key: Vec<u8>,
+    /// Where its IP header starts.
+    l3: usize,
     /// Where its TCP or UDP header starts.
     l4: usize,
     tcp: bool,
@@ -331,7 +320,7 @@ struct Flow {
 /// The flow of an IPv4 packet that is not a fragment, or of an IPv6 packet with TCP or
 /// UDP right after the fixed header, whose TCP or UDP header is whole; else `None`.
 fn flow(packet: &[u8], layer: Layer) -> Option<Flow> {
-    let l3 = ip_start_agreeing(packet, layer)?;
+    let l3 = layer.ip_start(packet)?;
     let ip = &packet[l3..];
     let (l4, proto, addrs) = match ip.first()? >> 4 {
         4 if ip.len() >= IPV4_HEADER_MIN && get16(ip, IPV4_FRAG) & IPV4_FRAG_MASK == 0 => (
@@ -359,6 +348,7 @@ fn flow(packet: &[u8], layer: Layer) -> Option<Flow> {
     key.extend_from_slice(&ip[l4..l4 + 4]);
     Some(Flow {
         key,
+        l3,
         l4: l3 + l4,
         tcp: proto == PROTO_TCP,
     })
@@ -367,7 +357,7 @@ fn flow(packet: &[u8], layer: Layer) -> Option<Flow> {
 /// Whether `packet` is IP whose flow cannot be told, which closes every run: an IPv4
 /// fragment, or IPv6 with a hop-by-hop, routing, fragment or destination options header.
 fn tells_no_flow(packet: &[u8], layer: Layer) -> bool {
-    let Some(l3) = ip_start_agreeing(packet, layer) else {
+    let Some(l3) = layer.ip_start(packet) else {
         return false;
     };
     let ip = &packet[l3..];
@@ -382,7 +372,7 @@ fn tells_no_flow(packet: &[u8], layer: Layer) -> bool {
 /// IPv4 id: the head's plus `k`, or the head's with DF set (a fixed-id run).
 /// `merge_allowed` checks that a run keeps to one of the two.
 fn id_may_follow(head: &[u8], packet: &[u8], layer: Layer, k: usize) -> bool {
-    let Some(l3) = ip_start(head, layer) else {
+    let Some(l3) = layer.ip_start(head) else {
         return false;
     };
     if head[l3] >> 4 != 4 {
@@ -393,15 +383,22 @@ fn id_may_follow(head: &[u8], packet: &[u8], layer: Layer, k: usize) -> bool {
 }
 
 /// Checks that the packets of one merged frame (each with its partial mark) were allowed
-/// to merge, by rules stated here rather than taken from the writer: IPv4 with a header of
-/// 20 bytes whose checksum holds, or IPv6 with TCP or UDP next; IPv4 ids that all go up
-/// by one, or all stay the same under DF; TCP flags ACK, with PSH only on the last; and,
-/// unless the writer trusts them, transport checksums that hold on every packet not
-/// marked partial. (Equal headers, following sequence numbers and equal lengths are what
-/// cutting the frame again and comparing showed.)
-fn merge_allowed(members: &[(&[u8], bool)], layer: Layer, trusted: bool) {
-    let (head, _) = members[0];
-    let l3 = ip_start(head, layer).expect("a merged packet has an IP header");
+/// to merge, by rules stated here rather than taken from the writer, and returns the
+/// first one's flow: every one has a [`flow`] (TCP or UDP right after the IP header, not
+/// a fragment); IPv4 with a header of 20 bytes whose checksum holds; IPv4 ids that all go
+/// up by one, or all stay the same under DF; TCP flags ACK, with PSH only on the last; UDP
+/// sums not 0; and, unless the writer trusts them, transport checksums that hold on every
+/// packet not marked partial. (Equal headers, following sequence numbers and equal
+/// lengths are what cutting the frame again and comparing showed.)
+fn merge_allowed(members: &[(&[u8], bool)], layer: Layer, trusted: bool) -> Flow {
+    let flows: Vec<Flow> = members
+        .iter()
+        .enumerate()
+        .map(|(k, (p, _))| {
+            flow(p, layer).unwrap_or_else(|| panic!("merged packet {k} has no flow (a fragment?)"))
+        })
+        .collect();
+    let (head, l3) = (members[0].0, flows[0].l3);
     let v4 = head[l3] >> 4 == 4;
     if v4 {
         let ids: Vec<u16> = members
@@ -414,64 +411,54 @@ fn merge_allowed(members: &[(&[u8], bool)], layer: Layer, trusted: bool) {
         assert!(stepping || fixed, "merged across IPv4 ids {ids:?}");
     }
     let last = members.len() - 1;
-    for (k, &(packet, partial)) in members.iter().enumerate() {
-        let ip = &packet[l3..];
-        let (l4, proto) = if v4 {
-            assert_eq!(ip[0] & 15, 5, "merged packet {k} with IPv4 options");
+    for (k, (&(packet, partial), f)) in members.iter().zip(&flows).enumerate() {
+        if v4 {
+            let ip = &packet[l3..];
             assert_eq!(
-                get16(ip, IPV4_FRAG) & IPV4_FRAG_MASK,
-                0,
-                "merged fragment {k}"
+                f.l4 - l3,
+                IPV4_HEADER_MIN,
+                "merged packet {k} with IPv4 options"
             );
             assert_eq!(
                 checksum::finish(checksum::sum(&ip[..IPV4_HEADER_MIN])),
                 0,
                 "merged packet {k} with a bad IPv4 header checksum"
             );
-            (l3 + IPV4_HEADER_MIN, ip[IPV4_PROTOCOL])
+        }
+        if f.tcp {
+            let flags = packet[f.l4 + TCP_FLAGS];
+            let psh = if k == last { TCP_PSH } else { 0 };
+            assert_eq!(
+                flags & !psh,
+                TCP_ACK_FLAG,
+                "merged segment {k} of {} with TCP flags {flags:#04x}",
+                last + 1
+            );
         } else {
-            (l3 + IPV6_HEADER_LEN, ip[IPV6_NEXT_HEADER])
-        };
-        match proto {
-            PROTO_TCP => {
-                let flags = packet[l4 + TCP_FLAGS];
-                let psh = if k == last { TCP_PSH } else { 0 };
-                assert_eq!(
-                    flags & !psh,
-                    TCP_ACK_FLAG,
-                    "merged segment {k} of {} with TCP flags {flags:#04x}",
-                    last + 1
-                );
-            }
-            PROTO_UDP => assert_ne!(
-                get16(packet, at(l4, UDP_CHECKSUM)),
+            assert_ne!(
+                get16(packet, at(f.l4, UDP_CHECKSUM)),
                 0,
                 "merged UDP datagram {k} without a checksum"
-            ),
-            _ => panic!("merged packet {k} is neither TCP nor UDP"),
+            );
         }
         if !trusted && !partial {
             assert!(
-                checksums_hold(packet, layer, Some(l4)),
+                checksums_hold(packet, layer, Some(f.l4)),
                 "merged packet {k} with a bad checksum"
             );
         }
     }
-}
-
-/// Where the IP packet starts in `packet`: 0 on TUN, behind the Ethernet header on TAP.
-fn ip_start(packet: &[u8], layer: Layer) -> Option<usize> {
-    match layer {
-        Layer::Ip => Some(0),
-        Layer::Ethernet => ethernet::parse(packet).ok().map(|link| link.len),
-    }
+    flows
+        .into_iter()
+        .next()
+        .expect("a merged frame has members")
 }
 
 /// Whether a segment's checksums hold: the IPv4 header checksum, and the TCP or UDP one
 /// over its pseudo-header. True for a packet in which [`partial_checksum`] finds no
 /// field, or finds one with a transport header elsewhere than at `l4`.
 fn checksums_hold(packet: &[u8], layer: Layer, l4: Option<usize>) -> bool {
-    let (Some(l3), Some(at)) = (ip_start(packet, layer), partial_checksum(packet, layer)) else {
+    let (Some(l3), Some(at)) = (layer.ip_start(packet), partial_checksum(packet, layer)) else {
         return true;
     };
     if l4 != Some(at.start) {
@@ -509,7 +496,7 @@ fn segment_matches(
         checksums_hold(packet, layer, l4),
         "segment {k} with a bad checksum"
     );
-    let (Some(l3), Some(l4)) = (ip_start(packet, layer), l4) else {
+    let (Some(l3), Some(l4)) = (layer.ip_start(packet), l4) else {
         return;
     };
     if packet[l3] >> 4 == 4 {
@@ -554,7 +541,7 @@ fn layer(ctl: u8) -> Layer {
 /// (`partial`) as the pseudo-header sum a partial checksum holds. A packet too short for
 /// its headers is left as it is.
 fn make_consistent(packet: &mut [u8], layer: Layer, partial: bool) {
-    let Some(l3) = ip_start(packet, layer) else {
+    let Some(l3) = layer.ip_start(packet) else {
         return;
     };
     let len = packet.len() - l3;
@@ -600,7 +587,7 @@ fn make_consistent(packet: &mut [u8], layer: Layer, partial: bool) {
 /// (which no one reads, and merging does not compare).
 fn kept(packet: &[u8], layer: Layer) -> Vec<u8> {
     let mut p = packet.to_vec();
-    let Some(l3) = ip_start(&p, layer) else {
+    let Some(l3) = layer.ip_start(&p) else {
         return p;
     };
     let Some(&first) = p.get(l3) else {

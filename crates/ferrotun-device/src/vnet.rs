@@ -158,6 +158,20 @@ impl Layer {
         }
     }
 
+    /// Where the IP packet starts in `packet`: at 0, or on [`Layer::Ethernet`] after the
+    /// link-layer header, if its EtherType announces IPv4 or IPv6 and the packet's version
+    /// agrees. `None` for any other frame: the kernel will not take it for IP either
+    /// (`ip_rcv()` checks the version).
+    pub(crate) fn ip_start(self, packet: &[u8]) -> Option<usize> {
+        match self {
+            Layer::Ip => Some(0),
+            Layer::Ethernet => {
+                let link = ethernet::parse(packet).ok()?;
+                (packet.get(link.len)? >> 4 == link.ip_version()?).then_some(link.len)
+            }
+        }
+    }
+
     /// The most bytes in front of the IP packet: 0, or [`MAX_ETHERNET_HEADER`]. A
     /// [`Reader`]'s buffers hold the MTU plus the link-layer header after their offset;
     /// this much always suffices (14 bytes plus 4 per VLAN tag in use is enough when the

@@ -217,6 +217,14 @@ fn backend_of(mode: u8) -> AeadBackend {
     }
 }
 
+/// Two ends of one session: `a` the initiator's keypair, `b` the responder's.
+fn keypairs(backend: AeadBackend, now: Instant) -> (Keypair, Keypair) {
+    (
+        Keypair::new(backend, &[1; 32], &[2; 32], 7, 9, now, true),
+        Keypair::new(backend, &[2; 32], &[1; 32], 9, 7, now, false),
+    )
+}
+
 /// Data open: raw bytes, or a sealed message (payload and flags from the input) mutated by
 /// `(position, xor)` pairs. A mutated message must never open.
 pub fn data_open(data: &[u8]) {
@@ -226,9 +234,7 @@ pub fn data_open(data: &[u8]) {
     let now = Instant::now();
     // Mode byte: bit 0 raw or sealed; bits 1–7 where the payload ends, in 4-byte steps
     // (bits 1–2 also give its flags); bits 6–7 the backend as well.
-    let backend = backend_of(mode);
-    let a = Keypair::new(backend, &[1; 32], &[2; 32], 7, 9, now, true);
-    let b = Keypair::new(backend, &[2; 32], &[1; 32], 9, 7, now, false);
+    let (a, b) = keypairs(backend_of(mode), now);
     if mode & 1 == 0 {
         let mut m = rest.to_vec();
         if let Ok((_, r)) = b.open(&mut m) {
@@ -277,15 +283,8 @@ pub fn data_batch(data: &[u8]) {
         return;
     };
     let now = Instant::now();
-    let backend = backend_of(mode);
-    let pair = |backend| {
-        (
-            Keypair::new(backend, &[1; 32], &[2; 32], 7, 9, now, true),
-            Keypair::new(backend, &[2; 32], &[1; 32], 9, 7, now, false),
-        )
-    };
-    let (a, b) = pair(backend);
-    let (reference, b_one) = pair(AeadBackend::Ring);
+    let (a, b) = keypairs(backend_of(mode), now);
+    let (reference, b_one) = keypairs(AeadBackend::Ring, now);
     let count = usize::from(mode & 63).min(40);
     let mut payloads = Vec::with_capacity(count);
     for i in 0..count {

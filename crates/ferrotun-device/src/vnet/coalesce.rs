@@ -52,8 +52,7 @@ use crate::tun::{Queue, VNET_HDR_LEN};
 use crate::vnet::header::{GsoType, HeaderRepr};
 use crate::vnet::packet::*;
 use crate::vnet::{
-    Error, Layer, MAX_PACKET, MAX_SEGMENTS, Offloads, check_layer, checksum, ethernet,
-    partial_checksum,
+    Error, Layer, MAX_PACKET, MAX_SEGMENTS, Offloads, check_layer, checksum, partial_checksum,
 };
 
 /// Open super-segments tracked at once; when more flows interleave in one batch, the
@@ -829,17 +828,9 @@ fn is_ipv6_extension(next: u8) -> bool {
 
 /// Sorts the packet `frame` (an IP packet, or on TAP an Ethernet frame) for the coalescer.
 fn classify(frame: &[u8], offloads: Offloads, layer: Layer) -> Class {
-    let l3 = match layer {
-        Layer::Ip => 0,
-        Layer::Ethernet => match ethernet::parse(frame) {
-            Ok(link) => match (link.ip_version(), frame.get(link.len)) {
-                (Some(v), Some(&b)) if b >> 4 == v => link.len,
-                // Not IP, or an EtherType that disagrees with the packet: the kernel will
-                // not take it for IP either (`ip_rcv()` checks the version).
-                _ => return Class::Other,
-            },
-            Err(_) => return Class::Other,
-        },
+    // Not IP, or on TAP an EtherType that disagrees with the packet: written alone.
+    let Some(l3) = layer.ip_start(frame) else {
+        return Class::Other;
     };
     let pkt = &frame[l3..];
     let Some(&first) = pkt.first() else {

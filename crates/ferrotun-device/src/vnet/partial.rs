@@ -16,7 +16,7 @@
 //! [`Reader::leave_checksums_partial`]: crate::vnet::Reader::leave_checksums_partial
 
 use super::packet::*;
-use super::{Layer, checksum, ethernet};
+use super::{Layer, checksum};
 
 /// Where a packet's transport checksum lies: `start` is the offset of the transport
 /// header from the first byte of the packet (of the frame, on TAP), `offset` that of the
@@ -38,14 +38,7 @@ pub struct PartialChecksum {
 /// fragment, or IPv6 without extension headers, carrying TCP or UDP whose header lies
 /// whole in the packet, and the packet whole in `packet`. `None` for any other packet.
 pub fn partial_checksum(packet: &[u8], layer: Layer) -> Option<PartialChecksum> {
-    let l3 = match layer {
-        Layer::Ip => 0,
-        Layer::Ethernet => {
-            let link = ethernet::parse(packet).ok()?;
-            let version = link.ip_version()?;
-            (packet.get(link.len)? >> 4 == version).then_some(link.len)?
-        }
-    };
+    let l3 = layer.ip_start(packet)?;
     let ip = &packet[l3..];
     let (l4, protocol, len) = match ip.first()? >> 4 {
         4 if ip.len() >= IPV4_HEADER_MIN && get16(ip, IPV4_FRAG) & IPV4_FRAG_MASK == 0 => {
