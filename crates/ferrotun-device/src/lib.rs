@@ -31,6 +31,7 @@
 
 mod asyncio;
 mod error;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod link;

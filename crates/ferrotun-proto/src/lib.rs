@@ -85,6 +85,7 @@ pub mod tcp;
 pub mod transport;
 pub mod wire;
 
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 

@@ -45,7 +45,9 @@ pub(crate) const TCP_FIN: u8 = 0x01;
 pub(crate) const TCP_PSH: u8 = 0x08;
 pub(crate) const TCP_ACK_FLAG: u8 = 0x10;
 pub(crate) const TCP_CWR: u8 = 0x80;
+#[cfg(feature = "fuzzing")]
 pub(crate) const TCP_URG: u8 = 0x20;
+#[cfg(feature = "fuzzing")]
 pub(crate) const TCP_URGENT: Range<usize> = 18..20;
 
 pub(crate) const UDP_HEADER_LEN: usize = 8;
