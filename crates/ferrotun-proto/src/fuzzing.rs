@@ -339,7 +339,7 @@ pub fn data_batch(data: &[u8]) {
     }
     let mut singles = buf.clone();
     let mut out = Vec::new();
-    b.open_many(&mut buf, &ranges, &mut out);
+    b.open_ranges(&mut buf, &ranges, &mut out);
     assert_eq!(out.len(), ranges.len());
     for (i, (r, opened)) in ranges.iter().zip(&out).enumerate() {
         let changed = sealed[r.clone()] != singles[r.clone()];
@@ -367,7 +367,7 @@ pub fn data_batch(data: &[u8]) {
     // The batch again, unchanged: what opened is a replay now, what did not opens.
     let mut again = sealed;
     let mut second = Vec::new();
-    b.open_many(&mut again, &ranges, &mut second);
+    b.open_ranges(&mut again, &ranges, &mut second);
     for (i, (first, second)) in out.iter().zip(&second).enumerate() {
         assert_eq!(
             first.is_ok(),

@@ -101,5 +101,5 @@ pub use session::{
     Decapsulated, Encapsulated, ResponseOutcome, Session, SessionConfig, SessionIndex, Transmit,
 };
 pub use tcp::{FrameError, StreamDecoder};
-pub use transport::{Keypair, Opened, Prepared, TransportError};
-pub use wire::{HandshakeFlags, Message, PayloadFlags, WireError};
+pub use transport::{KeyLifetime, Keypair, Opened, Prepared, Received, TransportError};
+pub use wire::{HandshakeFlags, HandshakeMessage, Message, PayloadFlags, WireError};

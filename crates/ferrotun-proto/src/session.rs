@@ -37,15 +37,10 @@ use crate::handshake::{
 };
 use crate::ip::ip_packet_len;
 use crate::keys::{KeyError, PresharedKey, PublicKey};
-use crate::transport::{Keypair, TransportError};
+use crate::transport::{KeyLifetime, Keypair, TransportError};
 use crate::wire::{DataMessage, HandshakeFlags, PayloadFlags, RESPONSE_LEN};
 
-/// `REKEY_AFTER_MESSAGES = 2^60` (whitepaper §6.1).
-pub const REKEY_AFTER_MESSAGES: u64 = 1 << 60;
-/// `REKEY_AFTER_TIME = 120 s` (whitepaper §6.1).
-pub const REKEY_AFTER_TIME: Duration = Duration::from_secs(120);
-/// `REJECT_AFTER_TIME = 180 s` (whitepaper §6.1).
-pub const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
+pub use crate::transport::{REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME};
 /// `REKEY_ATTEMPT_TIME = 90 s` (whitepaper §6.1).
 pub const REKEY_ATTEMPT_TIME: Duration = Duration::from_secs(90);
 /// `REKEY_TIMEOUT = 5 s` (whitepaper §6.1).
@@ -79,6 +74,18 @@ pub struct SessionConfig {
     pub local_flags: HandshakeFlags,
     /// The AEAD backend for transport data.
     pub backend: AeadBackend,
+}
+
+impl SessionConfig {
+    /// The lifetime every keypair of the session gets: the data paths ask the keypair
+    /// ([`Keypair::usable`], [`Keypair::wants_rekey`]) and so follow this configuration.
+    pub fn key_lifetime(&self) -> KeyLifetime {
+        KeyLifetime {
+            rekey_after_time: self.rekey_after_time,
+            reject_after_time: self.reject_after_time,
+            rekey_after_messages: self.rekey_after_messages,
+        }
+    }
 }
 
 impl Default for SessionConfig {
@@ -336,8 +343,7 @@ impl Session {
     }
 
     fn sendable(&self, k: &Keypair, now: Instant) -> bool {
-        now < k.created() + self.config.reject_after_time
-            && k.send_counter() < crate::replay::REJECT_AFTER_MESSAGES
+        k.usable(now) && k.send_counter() < crate::replay::REJECT_AFTER_MESSAGES
     }
 
     /// A fresh local index, distinct from every live one.
@@ -409,18 +415,10 @@ impl Session {
         self.zero_keys_at = Some(now + 3 * self.config.reject_after_time);
     }
 
-    /// Send-side `keep_key_fresh`: rekey after REKEY_AFTER_MESSAGES, or after
-    /// REKEY_AFTER_TIME if we initiated the keypair.
-    fn keep_key_fresh_send(
-        &mut self,
-        counter: u64,
-        initiator: bool,
-        created: Instant,
-        now: Instant,
-    ) {
-        if counter > self.config.rekey_after_messages
-            || (initiator && now >= created + self.config.rekey_after_time)
-        {
+    /// Send-side `keep_key_fresh`: a handshake when the keypair that just sealed wants
+    /// one ([`Keypair::wants_rekey`]).
+    fn keep_key_fresh_send(&mut self, sent_with: &Keypair, now: Instant) {
+        if sent_with.wants_rekey(now) {
             self.request_initiation(false);
         }
     }
@@ -452,17 +450,15 @@ impl Session {
         buf: &mut [u8],
         mtu: usize,
     ) -> Result<Encapsulated, TransportError> {
-        let sealed = match self.current.as_deref() {
-            Some(k) if now < k.created() + self.config.reject_after_time => {
-                match k.seal(flags, len, buf, mtu) {
-                    Ok(n) => Some((n, k.send_counter(), k.is_initiator(), k.created())),
-                    Err(TransportError::CounterExhausted) => None,
-                    Err(e) => return Err(e),
-                }
-            }
+        let sealed = match self.current.clone() {
+            Some(k) if k.usable(now) => match k.seal(flags, len, buf, mtu) {
+                Ok(n) => Some((n, k)),
+                Err(TransportError::CounterExhausted) => None,
+                Err(e) => return Err(e),
+            },
             _ => None,
         };
-        let Some((n, counter, initiator, created)) = sealed else {
+        let Some((n, k)) = sealed else {
             self.queue_pending = true;
             self.request_initiation(false);
             return Ok(Encapsulated::Queue);
@@ -471,7 +467,7 @@ impl Session {
         self.on_any_authenticated_packet_sent();
         self.on_data_sent(now);
         self.confirm_keepalive = false;
-        self.keep_key_fresh_send(counter, initiator, created, now);
+        self.keep_key_fresh_send(&k, now);
         Ok(Encapsulated::Send(n))
     }
 
@@ -492,7 +488,7 @@ impl Session {
             Slot::Retired(i) => self.retired[i].as_deref(),
         }
         .expect("find returned an occupied slot");
-        if now >= kp.created() + self.config.reject_after_time {
+        if !kp.usable(now) {
             return Err(TransportError::Expired);
         }
         let (flags, range) = kp.open(buf)?;
@@ -617,15 +613,18 @@ impl Session {
     }
 
     fn keypair(&self, keys: DerivedKeys, now: Instant) -> Arc<Keypair> {
-        Arc::new(Keypair::new(
-            self.config.backend,
-            &keys.send,
-            &keys.receive,
-            keys.local_index,
-            keys.remote_index,
-            now,
-            keys.initiator,
-        ))
+        Arc::new(
+            Keypair::new(
+                self.config.backend,
+                &keys.send,
+                &keys.receive,
+                keys.local_index,
+                keys.remote_index,
+                now,
+                keys.initiator,
+            )
+            .with_lifetime(self.config.key_lifetime()),
+        )
     }
 
     fn due(t: Option<Instant>, now: Instant) -> bool {
@@ -642,9 +641,8 @@ impl Session {
             self.handshake.reset();
         }
         // Keypairs past REJECT_AFTER_TIME can neither send nor receive: drop them early.
-        let reject = self.config.reject_after_time;
         for slot in self.retired.iter_mut() {
-            if slot.as_deref().is_some_and(|k| now >= k.created() + reject) {
+            if slot.as_deref().is_some_and(|k| !k.usable(now)) {
                 *slot = None;
             }
         }
@@ -717,15 +715,13 @@ impl Session {
                 .as_deref()
                 .is_some_and(|k| self.sendable(k, now));
             if sendable {
-                let k = self.current.as_deref().expect("checked just above");
+                let k = self.current.clone().expect("checked just above");
                 let n = k.seal(PayloadFlags::NONE, 0, out, 0).map_err(|_| {
                     HandshakeError::BufferTooSmall {
                         need: 32,
                         have: out.len(),
                     }
                 })?;
-                let (counter, initiator, created) =
-                    (k.send_counter(), k.is_initiator(), k.created());
                 self.on_any_authenticated_packet_traversal(now);
                 self.on_any_authenticated_packet_sent();
                 // Data arrived while the keepalive timer ran: arm it again after this
@@ -735,7 +731,7 @@ impl Session {
                     self.need_another_keepalive = false;
                     self.keepalive_at = Some(now + self.config.keepalive_timeout);
                 }
-                self.keep_key_fresh_send(counter, initiator, created, now);
+                self.keep_key_fresh_send(&k, now);
                 return Ok(Some(Transmit::Keepalive(n)));
             }
             // No keypair: a keepalive, like data, asks for a handshake.

@@ -6,8 +6,12 @@
 //! limits of whitepaper §6.1. A `Keypair` is `Sync`: its data methods take `&self`, the
 //! sending counter is an `AtomicU64`, and the replay window sits behind its own `Mutex`
 //! that only the receive direction touches, so one core can seal while another opens.
-//! Not responsible for choosing a keypair, key expiry by time or timers (see
-//! [`crate::session`]) or for finding the keypair by receiver index (the caller does).
+//! It also knows its own lifetime ([`KeyLifetime`], from the session's configuration):
+//! whether it may still be used ([`Keypair::usable`]) and whether it is due to be
+//! replaced ([`Keypair::wants_rekey`]), so that a data path that seals and opens outside
+//! the session asks the keypair instead of restating the rules. Not responsible for
+//! choosing a keypair, for timers (see [`crate::session`]) or for finding the keypair by
+//! receiver index (the caller does).
 //!
 //! Zero-copy layout of a buffer handed to [`Keypair::seal`]:
 //! ```text
@@ -20,13 +24,72 @@
 use std::ops::Range;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
 use crate::aead::{Aead, AeadBackend, AeadJob, TAG_LEN, TransportAead};
 use crate::replay::{REJECT_AFTER_MESSAGES, ReplayWindow};
-use crate::wire::{DATA_HEADER_LEN, DataMessage, PayloadFlags, WireError, data};
+use crate::wire::{DATA_HEADER_LEN, DataHeader, DataMessage, PayloadFlags, WireError, data};
+
+/// `REKEY_AFTER_MESSAGES = 2^60` (whitepaper §6.1).
+pub const REKEY_AFTER_MESSAGES: u64 = 1 << 60;
+/// `REKEY_AFTER_TIME = 120 s` (whitepaper §6.1).
+pub const REKEY_AFTER_TIME: Duration = Duration::from_secs(120);
+/// `REJECT_AFTER_TIME = 180 s` (whitepaper §6.1).
+pub const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
+
+/// How long a keypair may be used and when it is due to be replaced. The session's
+/// configuration sets it ([`crate::SessionConfig::key_lifetime`]); the default is
+/// WireGuard's (whitepaper §6.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyLifetime {
+    /// The initiator of the handshake asks for a new one once the keypair is this old.
+    pub rekey_after_time: Duration,
+    /// Nothing is sealed or opened with a keypair this old.
+    pub reject_after_time: Duration,
+    /// Either side asks for a new handshake once it has sealed more messages than this.
+    pub rekey_after_messages: u64,
+}
+
+impl Default for KeyLifetime {
+    fn default() -> Self {
+        KeyLifetime {
+            rekey_after_time: REKEY_AFTER_TIME,
+            reject_after_time: REJECT_AFTER_TIME,
+            rekey_after_messages: REKEY_AFTER_MESSAGES,
+        }
+    }
+}
+
+/// A data message in a receive buffer, its header read once: where it lies in the buffer
+/// ([`Keypair::open_many`] opens it there) and what its header says (which keypair, which
+/// counter, how to read the payload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The whole message in the buffer.
+    pub at: Range<usize>,
+    /// Its header.
+    pub header: DataHeader,
+}
+
+impl Received {
+    /// Reads the header of the data message `msg`, which starts at `start` in its buffer;
+    /// refuses anything that is not a well-formed data message.
+    pub fn parse(msg: &[u8], start: usize) -> Result<Received, WireError> {
+        let header = DataMessage::new_checked(msg)?.header();
+        Ok(Received {
+            at: start..start + msg.len(),
+            header,
+        })
+    }
+
+    /// Where the encrypted payload lies in the buffer (the tag follows it and ends the
+    /// message).
+    pub fn payload(&self) -> Range<usize> {
+        self.at.start + DATA_HEADER_LEN..self.at.end - TAG_LEN
+    }
+}
 
 /// WireGuard pads plaintext to a multiple of 16 bytes (whitepaper §5.4.6,
 /// `MESSAGE_PADDING_MULTIPLE` in the Linux driver).
@@ -171,6 +234,7 @@ pub struct Keypair {
     remote_index: u32,
     created: Instant,
     initiator: bool,
+    lifetime: KeyLifetime,
 }
 
 impl std::fmt::Debug for Keypair {
@@ -185,8 +249,9 @@ impl std::fmt::Debug for Keypair {
 }
 
 impl Keypair {
-    /// A keypair from raw transport keys (`send` seals, `receive` opens). The handshake
-    /// creates these; this constructor exists for tests, benchmarks and fuzzing.
+    /// A keypair from raw transport keys (`send` seals, `receive` opens), with WireGuard's
+    /// lifetime (see [`Keypair::with_lifetime`]). The handshake creates these; this
+    /// constructor exists for tests, benchmarks and fuzzing.
     pub fn new(
         backend: AeadBackend,
         send: &[u8; 32],
@@ -205,7 +270,34 @@ impl Keypair {
             remote_index,
             created,
             initiator,
+            lifetime: KeyLifetime::default(),
         }
+    }
+
+    /// The same keypair with another lifetime.
+    pub fn with_lifetime(mut self, lifetime: KeyLifetime) -> Self {
+        self.lifetime = lifetime;
+        self
+    }
+
+    /// Whether the keypair may seal or open at `now`: it is younger than its
+    /// `reject_after_time`. (Sealing also ends at REJECT_AFTER_MESSAGES:
+    /// [`TransportError::CounterExhausted`].)
+    pub fn usable(&self, now: Instant) -> bool {
+        now < self.created + self.lifetime.reject_after_time
+    }
+
+    /// Whether the keypair is due to be replaced (the send side of WireGuard's
+    /// `keep_key_fresh`): it sealed more than `rekey_after_messages`, or we initiated it
+    /// and it is `rekey_after_time` old.
+    pub fn wants_rekey(&self, now: Instant) -> bool {
+        self.send_counter() > self.lifetime.rekey_after_messages
+            || (self.initiator && now >= self.created + self.lifetime.rekey_after_time)
+    }
+
+    /// Its lifetime.
+    pub fn lifetime(&self) -> KeyLifetime {
+        self.lifetime
     }
 
     /// Our index: the receiver index of messages sent to us with this keypair.
@@ -351,11 +443,14 @@ impl Keypair {
     /// after authentication. Returns the payload flags and where the (padded) plaintext
     /// lies in `buf`.
     pub fn open(&self, buf: &mut [u8]) -> Result<(PayloadFlags, Range<usize>), TransportError> {
-        let (flags, counter, payload) = self.check_header(buf, &self.lock_replay())?;
+        let msg = Received::parse(buf, 0)?;
+        let DataHeader { flags, counter, .. } = msg.header;
+        self.check(&msg.header, &self.lock_replay())?;
+        let payload = msg.payload();
         let (text, tag) = buf.split_at_mut(payload.end);
         let tag: &[u8; TAG_LEN] = (&*tag)
             .try_into()
-            .expect("check_header: the tag ends the message");
+            .expect("a parsed message ends with its tag");
         self.receive
             .open_in_place(counter, aad_of(flags), &mut text[payload.clone()], tag)
             .map_err(|_| TransportError::Authentication { counter })?;
@@ -366,14 +461,15 @@ impl Keypair {
         Ok((flags, payload))
     }
 
-    /// Opens the data messages `msgs` (ranges of `buf`, each exactly one datagram) in place:
+    /// Opens the data messages `msgs` (parsed from `buf` by [`Received::parse`]) in place:
     /// for each the outcome [`Keypair::open`] gives, in `out` (cleared first; payload
     /// ranges are in `buf`), with the AEAD work of all of them done in few calls (see
     /// [`Aead::open_many`]). As in `open`, counters are checked against the replay window
     /// before anything is decrypted and recorded only after authentication, in message
-    /// order, so a counter that comes twice in a batch is accepted once. The ranges must go
-    /// forward without overlapping; one that does not is refused ([`TransportError::Overlap`]).
-    pub fn open_many(&self, buf: &mut [u8], msgs: &[Range<usize>], out: &mut Vec<Opened>) {
+    /// order, so a counter that comes twice in a batch is accepted once. The messages must
+    /// go forward without overlapping; one that does not is refused
+    /// ([`TransportError::Overlap`]).
+    pub fn open_many(&self, buf: &mut [u8], msgs: &[Received], out: &mut Vec<Opened>) {
         out.clear();
         for chunk in msgs.chunks(SEAL_BATCH) {
             self.open_chunk(buf, chunk, out);
@@ -381,7 +477,7 @@ impl Keypair {
     }
 
     /// [`Keypair::open_many`] for at most [`SEAL_BATCH`] messages.
-    fn open_chunk(&self, buf: &mut [u8], msgs: &[Range<usize>], out: &mut Vec<Opened>) {
+    fn open_chunk(&self, buf: &mut [u8], msgs: &[Received], out: &mut Vec<Opened>) {
         let first = out.len();
         let mut jobs: [AeadJob<'static>; SEAL_BATCH] = std::array::from_fn(|_| AeadJob {
             counter: 0,
@@ -395,25 +491,25 @@ impl Keypair {
             let window = self.lock_replay();
             // Opening in place twice would decrypt twice: ranges go forward, apart.
             let mut free_from = 0;
-            for r in msgs {
-                let apart = r.start >= free_from;
+            for m in msgs {
+                let r = &m.at;
+                let apart = r.start >= free_from && r.end <= buf.len();
                 free_from = free_from.max(r.end);
-                let outcome = match buf.get(r.clone()) {
-                    Some(msg) if apart => {
-                        self.check_header(msg, &window).map(|(flags, counter, p)| {
-                            let text = r.start + p.start..r.start + p.end;
-                            jobs[n] = AeadJob {
-                                counter,
-                                aad: aad_of(flags),
-                                tag: text.end,
-                                text: text.clone(),
-                            };
-                            which[n] = out.len();
-                            n += 1;
-                            (flags, text)
-                        })
-                    }
-                    _ => Err(TransportError::Overlap),
+                let outcome = if apart && r.len() >= DATA_HEADER_LEN + TAG_LEN {
+                    self.check(&m.header, &window).map(|()| {
+                        let text = m.payload();
+                        jobs[n] = AeadJob {
+                            counter: m.header.counter,
+                            aad: aad_of(m.header.flags),
+                            tag: text.end,
+                            text: text.clone(),
+                        };
+                        which[n] = out.len();
+                        n += 1;
+                        (m.header.flags, text)
+                    })
+                } else {
+                    Err(TransportError::Overlap)
                 };
                 out.push(outcome);
             }
@@ -439,26 +535,21 @@ impl Keypair {
         debug_assert_eq!(out.len() - first, msgs.len());
     }
 
-    /// The checks of a data message `msg` before anything is decrypted: well-formed,
-    /// addressed to this keypair, its counter new to `window`. Returns its payload flags,
-    /// counter and payload range (the tag follows the payload and ends `msg`).
-    fn check_header(
-        &self,
-        msg: &[u8],
-        window: &ReplayWindow,
-    ) -> Result<(PayloadFlags, u64, Range<usize>), TransportError> {
-        let msg = DataMessage::new_checked(msg)?;
-        let counter = msg.counter();
-        if msg.receiver() != self.local_index {
+    /// The checks of a parsed data message before anything is decrypted: addressed to this
+    /// keypair, its counter new to `window`.
+    fn check(&self, header: &DataHeader, window: &ReplayWindow) -> Result<(), TransportError> {
+        if header.receiver != self.local_index {
             return Err(TransportError::WrongIndex {
-                got: msg.receiver(),
+                got: header.receiver,
                 want: self.local_index,
             });
         }
-        if !window.check(counter) {
-            return Err(TransportError::Replay { counter });
+        if !window.check(header.counter) {
+            return Err(TransportError::Replay {
+                counter: header.counter,
+            });
         }
-        Ok((msg.flags(), counter, msg.payload_range()))
+        Ok(())
     }
 
     /// The receive window; a poisoned lock is recovered because every window operation
@@ -467,6 +558,35 @@ impl Keypair {
         self.replay
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// [`Keypair::open_many`] over raw message ranges, for tests and fuzzing: each range
+    /// is parsed first, and one that does not parse gets the error [`Keypair::open`] gives
+    /// it; `out` holds one outcome per range.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn open_ranges(
+        &self,
+        buf: &mut [u8],
+        ranges: &[Range<usize>],
+        out: &mut Vec<Opened>,
+    ) {
+        let mut parsed = Vec::with_capacity(ranges.len());
+        let places: Vec<Result<usize, TransportError>> = ranges
+            .iter()
+            .map(|r| {
+                let msg = buf.get(r.clone()).ok_or(TransportError::Overlap)?;
+                parsed.push(Received::parse(msg, r.start)?);
+                Ok(parsed.len() - 1)
+            })
+            .collect();
+        let mut opened = Vec::with_capacity(parsed.len());
+        self.open_many(buf, &parsed, &mut opened);
+        out.clear();
+        out.extend(
+            places
+                .into_iter()
+                .map(|p| p.and_then(|j| opened[j].clone())),
+        );
     }
 
     #[cfg(test)]
@@ -623,7 +743,7 @@ mod tests {
                 .map(|r| one.open(&mut expected[r.clone()]))
                 .collect();
             let mut got = Vec::new();
-            b.open_many(&mut buf, &msgs, &mut got);
+            b.open_ranges(&mut buf, &msgs, &mut got);
             assert_eq!(got.len(), msgs.len());
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 match (g, w) {
@@ -659,14 +779,16 @@ mod tests {
                 ["Authentication", "Replay", "WrongIndex", "Wire", "Replay"],
                 "{backend:?}: corrupted, replayed, stranger's, short, doubled"
             );
-            // A range that overlaps the one before it, or lies outside the buffer, is
+            // A message that overlaps the one before it, or lies outside the buffer, is
             // refused, and the first message still opens.
             let m = seal(&a, 200, PayloadFlags::NONE);
             let mut buf = m.clone();
             buf.extend_from_slice(&m);
             let n = m.len();
-            let ranges = [0..n, n - 1..2 * n - 1, 0..n, n..3 * n];
-            b.open_many(&mut buf, &ranges, &mut got);
+            let header = Received::parse(&m, 0).unwrap().header;
+            let msgs = [0..n, n - 1..2 * n - 1, 0..n, n..3 * n, 2 * n..2 * n + 8]
+                .map(|at| Received { at, header });
+            b.open_many(&mut buf, &msgs, &mut got);
             assert!(got[0].is_ok(), "{backend:?}");
             for g in &got[1..] {
                 assert_eq!(

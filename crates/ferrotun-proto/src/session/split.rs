@@ -54,9 +54,8 @@ impl Session {
         self.on_any_authenticated_packet_sent();
         self.on_data_sent(at);
         self.confirm_keepalive = false;
-        if let Some(k) = self.current.as_deref() {
-            let (counter, initiator, created) = (k.send_counter(), k.is_initiator(), k.created());
-            self.keep_key_fresh_send(counter, initiator, created, at);
+        if let Some(k) = self.current.clone() {
+            self.keep_key_fresh_send(&k, at);
         }
     }
 

@@ -47,6 +47,16 @@ impl<T: AsRef<[u8]>> CookieReply<T> {
         self.buffer.as_ref()
     }
 
+    /// The message copied into a buffer of its own (it was validated already).
+    pub fn to_owned(&self) -> CookieReply<[u8; COOKIE_REPLY_LEN]> {
+        CookieReply {
+            buffer: self
+                .bytes()
+                .try_into()
+                .expect("new_checked validated the exact length"),
+        }
+    }
+
     fn field<const N: usize>(&self, r: Range<usize>) -> &[u8; N] {
         self.bytes()[r]
             .try_into()

@@ -29,6 +29,17 @@ pub const RECEIVER: Range<usize> = 4..8;
 /// Counter field.
 pub const COUNTER: Range<usize> = 8..16;
 
+/// The header fields of a data message, read once ([`DataMessage::header`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataHeader {
+    /// How to read the payload.
+    pub flags: PayloadFlags,
+    /// The receiver's index.
+    pub receiver: u32,
+    /// The counter (nonce).
+    pub counter: u64,
+}
+
 /// A view of a transport data message.
 #[derive(Debug, Clone, Copy)]
 pub struct DataMessage<T> {
@@ -70,6 +81,14 @@ impl<T: AsRef<[u8]>> DataMessage<T> {
     /// The counter (nonce).
     pub fn counter(&self) -> u64 {
         le_u64(self.bytes(), COUNTER.start)
+    }
+    /// Every header field.
+    pub fn header(&self) -> DataHeader {
+        DataHeader {
+            flags: self.flags(),
+            receiver: self.receiver(),
+            counter: self.counter(),
+        }
     }
     /// Where the encrypted payload lies in the buffer.
     pub fn payload_range(&self) -> Range<usize> {

@@ -55,6 +55,16 @@ impl<T: AsRef<[u8]>> Initiation<T> {
         self.buffer.as_ref()
     }
 
+    /// The message copied into a buffer of its own (it was validated already).
+    pub fn to_owned(&self) -> Initiation<[u8; INITIATION_LEN]> {
+        Initiation {
+            buffer: self
+                .bytes()
+                .try_into()
+                .expect("new_checked validated the exact length"),
+        }
+    }
+
     fn field<const N: usize>(&self, r: Range<usize>) -> &[u8; N] {
         self.bytes()[r]
             .try_into()

@@ -54,6 +54,16 @@ impl<T: AsRef<[u8]>> Response<T> {
         self.buffer.as_ref()
     }
 
+    /// The message copied into a buffer of its own (it was validated already).
+    pub fn to_owned(&self) -> Response<[u8; RESPONSE_LEN]> {
+        Response {
+            buffer: self
+                .bytes()
+                .try_into()
+                .expect("new_checked validated the exact length"),
+        }
+    }
+
     fn field<const N: usize>(&self, r: Range<usize>) -> &[u8; N] {
         self.bytes()[r]
             .try_into()

@@ -117,6 +117,71 @@ fn classify_each_kind_and_errors() {
 }
 
 #[test]
+fn handshake_messages_leave_the_buffer_typed() {
+    let mut init = [0u8; INITIATION_LEN];
+    init[0] = 1;
+    init[1] = 2;
+    init[4..8].copy_from_slice(&7u32.to_le_bytes());
+    let mut resp = [0u8; RESPONSE_LEN];
+    resp[0] = 2;
+    resp[8..12].copy_from_slice(&9u32.to_le_bytes());
+    let mut cookie = [0u8; COOKIE_REPLY_LEN];
+    cookie[0] = 3;
+    cookie[4..8].copy_from_slice(&11u32.to_le_bytes());
+    for (bytes, kind, receiver) in [
+        (&init[..], MessageKind::Initiation, None),
+        (&resp[..], MessageKind::Response, Some(9)),
+        (&cookie[..], MessageKind::CookieReply, Some(11)),
+    ] {
+        let owned = Message::classify(bytes).unwrap().to_handshake().unwrap();
+        assert_eq!(owned.kind(), kind);
+        assert_eq!(owned.receiver_index(), receiver);
+        assert_eq!(owned.as_bytes(), bytes);
+    }
+    match Message::classify(&init).unwrap().to_handshake() {
+        Some(HandshakeMessage::Initiation(i)) => {
+            assert_eq!((i.sender(), i.flags()), (7, HandshakeFlags::ETHERNET))
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut data = [0u8; 40];
+    data[0] = 4;
+    let d = Message::classify(&data).unwrap();
+    assert!(d.to_handshake().is_none());
+}
+
+#[test]
+fn a_data_header_is_read_whole() {
+    let mut data = [0u8; 48];
+    data[0] = 4;
+    data[1] = 4;
+    data[4..8].copy_from_slice(&0x0102_0304u32.to_le_bytes());
+    data[8..16].copy_from_slice(&99u64.to_le_bytes());
+    let h = DataMessage::new_checked(&data[..]).unwrap().header();
+    assert_eq!(
+        h,
+        DataHeader {
+            flags: PayloadFlags::PARTIAL_CHECKSUM,
+            receiver: 0x0102_0304,
+            counter: 99,
+        }
+    );
+    let r = crate::Received::parse(&data, 100).unwrap();
+    assert_eq!(
+        (r.at.clone(), r.header, r.payload()),
+        (100..148, h, 116..132)
+    );
+    assert_eq!(
+        crate::Received::parse(&data[..31], 0),
+        Err(WireError::TooShort {
+            kind: MessageKind::Data,
+            got: 31,
+            min: 32
+        })
+    );
+}
+
+#[test]
 fn emit_then_parse() {
     let mut buf = [0xffu8; 200];
     let mut m = Initiation::emit(&mut buf, HandshakeFlags::ETHERNET).unwrap();
@@ -181,13 +246,17 @@ proptest! {
         if len > 1 { b[1] = flags; }
         if len > 2 { b[2] = r; }
         if let Ok(m) = Message::classify(&b) {
-            // Whatever parses has a valid header and a length the type allows.
-            prop_assert!(flags & !3 == 0 && r == 0);
+            // Whatever parses has a valid header (flags its type knows: two handshake
+            // flags, three payload flags) and a length the type allows.
+            prop_assert!(r == 0);
             match m {
-                Message::Initiation(_) => prop_assert_eq!(len, 148),
-                Message::Response(_) => prop_assert_eq!(len, 92),
+                Message::Initiation(_) => prop_assert!(len == 148 && flags & !3 == 0),
+                Message::Response(_) => prop_assert!(len == 92 && flags & !3 == 0),
                 Message::CookieReply(_) => prop_assert!(len == 64 && flags == 0),
-                Message::Data(d) => { prop_assert!(len >= 32); let _ = (d.tag(), d.counter()); }
+                Message::Data(d) => {
+                    prop_assert!(len >= 32 && flags & !7 == 0);
+                    let _ = (d.tag(), d.counter());
+                }
             }
         }
     }

@@ -15,12 +15,11 @@ use std::time::Instant;
 use anyhow::Context;
 use ferrotun_device::Mode;
 use ferrotun_device::vnet::{self, Layer};
-use ferrotun_proto::session::REJECT_AFTER_TIME;
 use ferrotun_proto::transport::TransportError;
 use ferrotun_proto::wire::{
     DATA_HEADER_LEN, DataMessage, TYPE_COOKIE_REPLY, TYPE_DATA, TYPE_INITIATION, TYPE_RESPONSE,
 };
-use ferrotun_proto::{Keypair, Message, Opened, PayloadFlags, SessionIndex};
+use ferrotun_proto::{Keypair, Message, Opened, PayloadFlags, Received, SessionIndex};
 
 use super::control::Inbound;
 use super::send::{Sealer, flood_to_peers};
@@ -64,7 +63,7 @@ pub struct ReceiveScratch {
     /// The outcomes of a buffer's messages opened ahead, by where each starts in the
     /// buffer, in order; and the message ranges of one run, for `Keypair::open_many`.
     opened: VecDeque<(usize, Opened)>,
-    run: Vec<Range<usize>>,
+    run: Vec<Received>,
     outcomes: Vec<Opened>,
     /// The traffic of this batch's packets for the device, added to their peers' counters
     /// when the batch is flushed.
@@ -176,20 +175,21 @@ impl ReceiveScratch {
             let Some(msg) = buf.get(at..end) else {
                 continue;
             };
-            let receiver = DataMessage::new_checked(msg).ok().map(|m| m.receiver());
+            let parsed = Received::parse(msg, at).ok();
+            let receiver = parsed.as_ref().map(|m| m.header.receiver);
             let same = matches!((receiver, &current), (Some(r), Some((i, _))) if r == *i);
             if !same {
                 let kp = receiver.and_then(|receiver| {
                     let table = self.table(shared);
                     let peer = table.get(SessionIndex::of_receiver(receiver).slot())?;
                     let kp = self.keypair(peer, receiver)?;
-                    (self.now < kp.created() + REJECT_AFTER_TIME).then_some((receiver, kp))
+                    kp.usable(self.now).then_some((receiver, kp))
                 });
                 self.open_run(buf, current.take());
                 current = kp;
             }
-            if current.is_some() {
-                self.run.push(at..end);
+            if let (Some(_), Some(m)) = (&current, parsed) {
+                self.run.push(m);
             }
         }
         self.open_run(buf, current);
@@ -202,7 +202,8 @@ impl ReceiveScratch {
             && self.run.len() >= MIN_AHEAD
         {
             kp.open_many(buf, &self.run, &mut self.outcomes);
-            for (r, o) in self.run.iter().zip(self.outcomes.drain(..)) {
+            for (m, o) in self.run.iter().zip(self.outcomes.drain(..)) {
+                let r = &m.at;
                 let relative = o.map(|(f, p)| (f, p.start - r.start..p.end - r.start));
                 self.opened.push_back((r.start, relative));
             }
@@ -606,7 +607,7 @@ async fn receive_data_seen(
         });
         return Verdict::Dropped;
     };
-    if now >= kp.created() + REJECT_AFTER_TIME {
+    if !kp.usable(now) {
         shared.drop_for(peer, DropReason::KeyExpired, || {
             format!("from {src}: keypair older than 180 s")
         });

@@ -20,7 +20,6 @@ use std::time::Instant;
 use anyhow::Context;
 use ferrotun_device::Mode;
 use ferrotun_device::vnet;
-use ferrotun_proto::session::{REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME};
 use ferrotun_proto::transport::TransportError;
 use ferrotun_proto::wire::DATA_HEADER_LEN;
 use ferrotun_proto::{Compressor, Keypair, PayloadFlags, Prepared};
@@ -223,7 +222,7 @@ impl Sealer {
         } else {
             PayloadFlags::NONE
         };
-        let Some(kp) = keypair.filter(|k| now < k.created() + REJECT_AFTER_TIME) else {
+        let Some(kp) = keypair.filter(|k| k.usable(now)) else {
             stage(shared, peer, buf, len, partial);
             return None;
         };
@@ -260,9 +259,7 @@ impl Sealer {
                     Sealing::Batch(p, _, _) => self.tally.count(p, len, payload),
                 }
                 peer.notes.sent.store(shared.stamp(now), Ordering::Relaxed);
-                let stale = (kp.is_initiator() && now >= kp.created() + REKEY_AFTER_TIME)
-                    || kp.send_counter() > REKEY_AFTER_MESSAGES;
-                if stale && !peer.notes.wants_handshake.swap(true, Ordering::AcqRel) {
+                if kp.wants_rekey(now) && !peer.notes.wants_handshake.swap(true, Ordering::AcqRel) {
                     peer.mark();
                     shared.wake.notify_one();
                 }
