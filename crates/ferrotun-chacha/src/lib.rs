@@ -341,8 +341,8 @@ impl ChaCha20Poly1305 {
 /// Overwrites `x` with `zero`s in one volatile store of the whole array, which the compiler
 /// may not drop as dead and which it emits as wide stores (or, for large arrays, a copy
 /// from a zeroed stack slot). `zeroize` writes an array one element at a time: 64
-/// single-byte stores for a block, about 5 % of sealing a 1420-byte message before this
-/// replaced it on the per-message copies.
+/// single-byte stores for a block, which cost about 5 % of sealing a 1420-byte message
+/// when the per-message copies were wiped that way.
 pub(crate) fn wipe<T: Copy, const N: usize>(x: &mut [T; N], zero: T) {
     // SAFETY: `x` is a valid, aligned, exclusive reference to an initialised `[T; N]`,
     // and `[zero; N]` is a valid value of that type.

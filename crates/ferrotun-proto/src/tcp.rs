@@ -1,8 +1,8 @@
 //! TCP stream codec: 2-byte big-endian length prefix per message.
 //!
 //! Responsible for framing messages on a TCP connection (each message preceded by its
-//! length as a big-endian `u16`, as DESIGN.md specifies) and for splitting a byte stream
-//! back into messages from reads of any size, without allocating per frame: a
+//! length as a big-endian `u16`: docs/protocol.md, "TCP transport") and for splitting a
+//! byte stream back into messages from reads of any size, without allocating per frame: a
 //! [`StreamDecoder`] owns one buffer, allocated once, that the caller reads the socket
 //! into and that frames are returned from (mutable, so they can be opened in place). A
 //! zero length or a length above the configured maximum (MTU + overhead) is a

@@ -444,7 +444,19 @@ impl Keypair {
     /// lies in `buf`.
     pub fn open(&self, buf: &mut [u8]) -> Result<(PayloadFlags, Range<usize>), TransportError> {
         let msg = Received::parse(buf, 0)?;
+        self.open_one(buf, &msg)
+    }
+
+    /// [`Keypair::open`] for a message parsed already, which lies at `msg.at` in `buf`;
+    /// the payload range it returns is in `buf`.
+    pub fn open_one(&self, buf: &mut [u8], msg: &Received) -> Opened {
         let DataHeader { flags, counter, .. } = msg.header;
+        let Some(buf) = buf
+            .get_mut(..msg.at.end)
+            .filter(|_| msg.at.len() >= DATA_HEADER_LEN + TAG_LEN)
+        else {
+            return Err(TransportError::Overlap);
+        };
         self.check(&msg.header, &self.lock_replay())?;
         let payload = msg.payload();
         let (text, tag) = buf.split_at_mut(payload.end);

@@ -23,27 +23,27 @@ use toml::Spanned;
 
 /// The MTU a tunnel uses when the config names none: 1420 fits an IPv6 underlay with a
 /// 1500-byte MTU (1420 + 40 IPv6 + 8 UDP + 32 of header and tag = 1500).
-pub const DEFAULT_MTU: u32 = 1420;
+pub(crate) const DEFAULT_MTU: u32 = 1420;
 /// The smallest MTU accepted: IPv4's minimum reassembly size (RFC 791).
-pub const MIN_MTU: u32 = 576;
+pub(crate) const MIN_MTU: u32 = 576;
 /// The smallest MTU that can carry IPv6 (RFC 8200 §5).
-pub const MIN_MTU_IPV6: u32 = 1280;
+pub(crate) const MIN_MTU_IPV6: u32 = 1280;
 /// The largest MTU: a sealed message must still fit one UDP datagram (65535 - 20 IPv4 -
 /// 8 UDP - 32 of ferrotun header and tag, rounded down).
-pub const MAX_MTU: u32 = 65400;
+pub(crate) const MAX_MTU: u32 = 65400;
 /// The most device queues (the TUN driver allows 256; beyond one per core they only cost).
-pub const MAX_QUEUES: usize = 64;
+pub(crate) const MAX_QUEUES: usize = 64;
 
 /// A configuration problem, located in a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
+pub(crate) struct ConfigError {
     /// The file the problem is in (or, for a named file that cannot be read, the config
     /// that names it).
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// One-based line and column, when the problem has a place in the file.
-    pub position: Option<(usize, usize)>,
+    pub(crate) position: Option<(usize, usize)>,
     /// What is wrong, for an operator.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl fmt::Display for ConfigError {
@@ -134,7 +134,7 @@ enum RawMode {
 #[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 /// The underlay transport of a client's tunnel.
-pub enum Transport {
+pub(crate) enum Transport {
     /// One UDP datagram per message.
     Udp,
     /// One TCP connection; messages framed with a 2-byte length.
@@ -265,65 +265,63 @@ struct RawClient {
 
 /// The `[interface]` section: the local device and identity.
 #[derive(Debug, Clone)]
-pub struct InterfaceConfig {
+pub(crate) struct InterfaceConfig {
     /// TUN (IP) or TAP (Ethernet).
-    pub mode: Mode,
+    pub(crate) mode: Mode,
     /// Interface name (exact, or a pattern such as `ftun%d`).
-    pub name: String,
+    pub(crate) name: String,
     /// Device MTU.
-    pub mtu: u32,
+    pub(crate) mtu: u32,
     /// Addresses with prefix lengths, assigned to the device.
-    pub addresses: Vec<IpNet>,
+    pub(crate) addresses: Vec<IpNet>,
     /// This side's static private key.
-    pub private_key: PrivateKey,
+    pub(crate) private_key: PrivateKey,
     /// The TAP device's MAC address, if set.
-    pub mac: Option<[u8; 6]>,
+    pub(crate) mac: Option<[u8; 6]>,
     /// Where the control socket lives, if set (else derived from the interface name).
-    pub control_socket: Option<PathBuf>,
+    pub(crate) control_socket: Option<PathBuf>,
     /// Use TUN segmentation offloads and UDP GSO/GRO where the kernel has them.
-    pub offload: bool,
+    pub(crate) offload: bool,
     /// Device queues, each with its own UDP socket (one port, `SO_REUSEPORT`) and its own
     /// send and receive tasks.
-    pub queues: usize,
+    pub(crate) queues: usize,
     /// Which ChaCha20-Poly1305 implementation carries data (`auto`: the fastest this CPU
     /// runs).
-    pub aead_backend: AeadBackend,
+    pub(crate) aead_backend: AeadBackend,
     /// Who to run as once the device, the sockets and the `up` hook are set up.
-    pub run_as: Option<crate::privs::RunAs>,
+    pub(crate) run_as: Option<crate::privs::RunAs>,
 }
 
 /// Shell commands run after the device is configured and before it is removed.
 #[derive(Debug, Clone, Default)]
-pub struct Hooks {
+pub(crate) struct Hooks {
     /// Run (with `/bin/sh -c`) once the device is up and configured.
-    pub up: Option<String>,
+    pub(crate) up: Option<String>,
     /// Run before the device is removed.
-    pub down: Option<String>,
+    pub(crate) down: Option<String>,
 }
 
 /// One peer: a client in the server's peer directory, or the server in a client config.
 #[derive(Debug, Clone)]
-pub struct PeerConfig {
+pub(crate) struct PeerConfig {
     /// The peer's name (for logs and `show`).
-    pub name: String,
+    pub(crate) name: String,
     /// The peer's static public key.
-    pub public_key: PublicKey,
+    pub(crate) public_key: PublicKey,
     /// Inner addresses the peer may use as source, and that are routed to it.
-    pub allowed_ips: Vec<IpNet>,
+    pub(crate) allowed_ips: Vec<IpNet>,
     /// Optional preshared key mixed into the handshake.
-    pub preshared_key: Option<PresharedKey>,
+    pub(crate) preshared_key: Option<PresharedKey>,
     /// Whether payloads to and from this peer are LZ4-compressed (adaptively).
-    pub compress: bool,
+    pub(crate) compress: bool,
     /// Persistent keepalive interval, if any.
-    pub keepalive: Option<Duration>,
-    /// The file the peer was read from.
-    pub file: PathBuf,
+    pub(crate) keepalive: Option<Duration>,
 }
 
 impl PeerConfig {
     /// Whether `other` can keep this peer's session: same key, preshared key, compression
     /// and keepalive (name and allowed IPs may change under a running session).
-    pub fn same_session(&self, other: &PeerConfig) -> bool {
+    pub(crate) fn same_session(&self, other: &PeerConfig) -> bool {
         self.public_key == other.public_key
             && self.preshared_key.as_ref().map(|k| *k.as_bytes())
                 == other.preshared_key.as_ref().map(|k| *k.as_bytes())
@@ -334,31 +332,27 @@ impl PeerConfig {
 
 /// A validated server config.
 #[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// The config file.
-    pub file: PathBuf,
+pub(crate) struct ServerConfig {
     /// The local device and identity.
-    pub interface: InterfaceConfig,
+    pub(crate) interface: InterfaceConfig,
     /// Listening UDP address.
-    pub listen_udp: Option<SocketAddr>,
+    pub(crate) listen_udp: Option<SocketAddr>,
     /// Listening TCP address.
-    pub listen_tcp: Option<SocketAddr>,
-    /// The peer directory.
-    pub peers_dir: PathBuf,
+    pub(crate) listen_tcp: Option<SocketAddr>,
     /// The peers, sorted by file name.
-    pub peers: Vec<PeerConfig>,
+    pub(crate) peers: Vec<PeerConfig>,
     /// Hooks.
-    pub hooks: Hooks,
+    pub(crate) hooks: Hooks,
 }
 
 /// Where a client finds its server: a host (name or address) and a port, resolved when
 /// the client connects (and again on every reconnect round).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// Host name or IP address literal.
-    pub host: String,
+    pub(crate) host: String,
     /// Port.
-    pub port: u16,
+    pub(crate) port: u16,
 }
 
 impl fmt::Display for Endpoint {
@@ -373,21 +367,19 @@ impl fmt::Display for Endpoint {
 
 /// A validated client config.
 #[derive(Debug, Clone)]
-pub struct ClientConfig {
-    /// The config file.
-    pub file: PathBuf,
+pub(crate) struct ClientConfig {
     /// The local device and identity.
-    pub interface: InterfaceConfig,
+    pub(crate) interface: InterfaceConfig,
     /// The server as a peer (its key, allowed IPs, compression, keepalive).
-    pub server: PeerConfig,
+    pub(crate) server: PeerConfig,
     /// Where the server is.
-    pub endpoint: Endpoint,
+    pub(crate) endpoint: Endpoint,
     /// UDP or TCP.
-    pub transport: Transport,
+    pub(crate) transport: Transport,
     /// Keep reconnecting with backoff when the server goes away.
-    pub persist: bool,
+    pub(crate) persist: bool,
     /// Hooks.
-    pub hooks: Hooks,
+    pub(crate) hooks: Hooks,
 }
 
 // ---- validation helpers ----------------------------------------------------------------
@@ -586,7 +578,7 @@ fn parse_interface(src: &Source, raw: RawInterface) -> Result<InterfaceConfig, C
 
 /// Parses `aa:bb:cc:dd:ee:ff`; refuses multicast addresses (low bit of the first byte),
 /// which the kernel refuses as a device address.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+pub(crate) fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mut out = [0u8; 6];
     let mut parts = s.split(':');
     for b in &mut out {
@@ -689,7 +681,7 @@ fn valid_peer_name(name: &str) -> bool {
 }
 
 /// Reads one peer file.
-pub fn load_peer(path: &Path) -> Result<PeerConfig, ConfigError> {
+pub(crate) fn load_peer(path: &Path) -> Result<PeerConfig, ConfigError> {
     let src = Source::read(path)?;
     let raw: RawPeer = src.parse()?;
     let stem = path
@@ -723,13 +715,15 @@ pub fn load_peer(path: &Path) -> Result<PeerConfig, ConfigError> {
         preshared_key: parse_psk(&src, &raw.preshared_key_file)?,
         compress: raw.compress,
         keepalive: parse_keepalive(&src, &raw.keepalive)?,
-        file: path.to_owned(),
     })
 }
 
 /// Reads every `*.toml` file in a peer directory, sorted by name, and checks that no two
 /// peers share a name, a key or an allowed-IPs entry.
-pub fn load_peer_dir(dir: &Path, own_key: &PublicKey) -> Result<Vec<PeerConfig>, ConfigError> {
+pub(crate) fn load_peer_dir(
+    dir: &Path,
+    own_key: &PublicKey,
+) -> Result<Vec<PeerConfig>, ConfigError> {
     let entries = std::fs::read_dir(dir).map_err(|e| ConfigError {
         file: dir.to_owned(),
         position: None,
@@ -776,7 +770,7 @@ pub fn load_peer_dir(dir: &Path, own_key: &PublicKey) -> Result<Vec<PeerConfig>,
 
 impl ServerConfig {
     /// Reads and validates a server config and everything it names.
-    pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
         let src = Source::read(path)?;
         let raw: RawServer = src.parse()?;
         let interface = parse_interface(&src, raw.interface)?;
@@ -806,11 +800,9 @@ impl ServerConfig {
         }
         let peers = load_peer_dir(&peers_dir, &interface.private_key.public_key())?;
         Ok(ServerConfig {
-            file: path.to_owned(),
             interface,
             listen_udp,
             listen_tcp,
-            peers_dir,
             peers,
             hooks: Hooks {
                 up: raw.hooks.up,
@@ -856,7 +848,7 @@ fn parse_endpoint(src: &Source, v: &Spanned<String>) -> Result<Endpoint, ConfigE
 
 impl ClientConfig {
     /// Reads and validates a client config and everything it names.
-    pub fn load(path: &Path) -> Result<ClientConfig, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<ClientConfig, ConfigError> {
         let src = Source::read(path)?;
         let raw: RawClient = src.parse()?;
         let interface = parse_interface(&src, raw.interface)?;
@@ -874,7 +866,6 @@ impl ClientConfig {
             preshared_key: parse_psk(&src, &s.preshared_key_file)?,
             compress: s.compress,
             keepalive: parse_keepalive(&src, &s.keepalive)?,
-            file: path.to_owned(),
         };
         if server.public_key == interface.private_key.public_key() {
             return Err(src.error(
@@ -883,7 +874,6 @@ impl ClientConfig {
             ));
         }
         Ok(ClientConfig {
-            file: path.to_owned(),
             interface,
             server,
             endpoint,

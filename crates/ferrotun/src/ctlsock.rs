@@ -1,7 +1,7 @@
 //! The control socket: a unix socket through which `show` asks a running tunnel for its
 //! status. It answers two read-only requests, `show` and `show json`, and nothing else.
 //!
-//! One socket per instance (DESIGN.md, "Decisions"): `/run/ferrotun/<interface>.sock`
+//! One socket per instance (docs/architecture.md, "The control socket"): `/run/ferrotun/<interface>.sock`
 //! unless the config (`control_socket`) or the command line (`--socket`) names another.
 //! `/run` is shared by every network namespace of a host, so before binding we look:
 //! a socket file that answers belongs to a live instance and we refuse to start ("in
@@ -18,30 +18,30 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
-use crate::engine::Shared;
+use crate::engine::shared::Shared;
 use crate::status;
 
 /// Where sockets go by default.
-pub const DEFAULT_DIR: &str = "/run/ferrotun";
+pub(crate) const DEFAULT_DIR: &str = "/run/ferrotun";
 /// Longest request line accepted.
 const MAX_REQUEST: u64 = 64;
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The default socket path of an interface.
-pub fn default_path(interface: &str) -> PathBuf {
+pub(crate) fn default_path(interface: &str) -> PathBuf {
     Path::new(DEFAULT_DIR).join(format!("{interface}.sock"))
 }
 
 /// A bound control socket; removes its file when dropped.
-pub struct ControlSocket {
+pub(crate) struct ControlSocket {
     path: PathBuf,
     listener: Option<std::os::unix::net::UnixListener>,
 }
 
 impl ControlSocket {
     /// Binds the socket at `path`, refusing if a live instance answers there.
-    pub fn bind(path: &Path) -> anyhow::Result<ControlSocket> {
+    pub(crate) fn bind(path: &Path) -> anyhow::Result<ControlSocket> {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
             && !dir.exists()
@@ -77,12 +77,15 @@ impl ControlSocket {
     }
 
     /// The socket's path.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Serves requests until the task is dropped. Must run inside a tokio runtime.
-    pub fn serve(&mut self, shared: Arc<Shared>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    pub(crate) fn serve(
+        &mut self,
+        shared: Arc<Shared>,
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
         let std_listener = self
             .listener
             .take()
@@ -134,7 +137,7 @@ async fn answer(stream: tokio::net::UnixStream, shared: &Shared) -> std::io::Res
 }
 
 /// Asks the instance at `path` for its status (`json` for JSON); returns the answer.
-pub fn query(path: &Path, json: bool) -> anyhow::Result<String> {
+pub(crate) fn query(path: &Path, json: bool) -> anyhow::Result<String> {
     let mut s = std::os::unix::net::UnixStream::connect(path)
         .with_context(|| format!("cannot reach a running ferrotun at {}", path.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;

@@ -15,26 +15,26 @@ use ferrotun_device::Mode;
 use ipnet::IpNet;
 
 /// How long a hook may run.
-pub const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much of a hook's output is kept for logs and errors.
 const MAX_OUTPUT: usize = 4096;
 
 /// What a hook is told about the tunnel.
 #[derive(Debug, Clone)]
-pub struct HookEnv {
+pub(crate) struct HookEnv {
     /// The interface's real name.
-    pub interface: String,
+    pub(crate) interface: String,
     /// Its addresses.
-    pub addresses: Vec<IpNet>,
+    pub(crate) addresses: Vec<IpNet>,
     /// Its MTU.
-    pub mtu: u32,
+    pub(crate) mtu: u32,
     /// TUN or TAP.
-    pub mode: Mode,
+    pub(crate) mode: Mode,
 }
 
 /// A hook that could not run or did not succeed.
 #[derive(Debug, thiserror::Error)]
-pub enum HookError {
+pub(crate) enum HookError {
     /// `/bin/sh` could not be started.
     #[error("{hook} hook: cannot run /bin/sh: {source}")]
     Spawn {
@@ -74,7 +74,7 @@ fn output_suffix(output: &str) -> String {
 }
 
 /// Runs one hook to completion (or until the timeout) and returns its output.
-pub fn run(hook: &'static str, command: &str, env: &HookEnv) -> Result<String, HookError> {
+pub(crate) fn run(hook: &'static str, command: &str, env: &HookEnv) -> Result<String, HookError> {
     let addresses: Vec<String> = env.addresses.iter().map(ToString::to_string).collect();
     // One pipe for both streams keeps the order in which the hook wrote them.
     let (mut reader, writer) =

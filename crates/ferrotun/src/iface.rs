@@ -1,7 +1,7 @@
 //! The tunnel's network interface: created, configured and brought up before any packet
 //! moves, and taken down (down hook first) when the tunnel stops.
 //!
-//! Order matters (DESIGN.md, "Linux pitfalls"): the device is fully configured (MAC, MTU,
+//! Order matters (docs/architecture.md, "Linux pitfalls"): the device is fully configured (MAC, MTU,
 //! addresses, up, addresses usable, routes) and the `up` hook has succeeded before the data
 //! path reads from it. Any failure on the way drops the device, which removes it: no
 //! half-configured interface is ever left behind.
@@ -21,7 +21,7 @@ use crate::hooks::{self, HookEnv};
 const ADDRESS_READY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A configured tunnel interface.
-pub struct Interface {
+pub(crate) struct Interface {
     link: Link,
     mode: Mode,
     mtu: u32,
@@ -38,7 +38,11 @@ pub struct Interface {
 impl Interface {
     /// Creates and configures the device, adds `routes` that the interface's own address
     /// prefixes do not cover already, and runs the `up` hook.
-    pub fn up(cfg: &InterfaceConfig, routes: &[IpNet], hooks: &Hooks) -> anyhow::Result<Interface> {
+    pub(crate) fn up(
+        cfg: &InterfaceConfig,
+        routes: &[IpNet],
+        hooks: &Hooks,
+    ) -> anyhow::Result<Interface> {
         // Offloads ride on a virtio-net header (TUN and TAP alike).
         let vnet = cfg.offload;
         let dev = DeviceBuilder::new(&cfg.name, cfg.mode)
@@ -105,23 +109,23 @@ impl Interface {
     }
 
     /// The interface's real name.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         self.link.name()
     }
 
     /// TUN or TAP.
-    pub fn mode(&self) -> Mode {
+    pub(crate) fn mode(&self) -> Mode {
         self.mode
     }
 
     /// The MTU.
-    pub fn mtu(&self) -> u32 {
+    pub(crate) fn mtu(&self) -> u32 {
         self.mtu
     }
 
     /// What updating the routes needs, for another thread (a reload runs off the
     /// runtime's thread).
-    pub fn routes(&self) -> Routes {
+    pub(crate) fn routes(&self) -> Routes {
         Routes {
             link: self.link.clone(),
             addresses: self.addresses.clone(),
@@ -129,18 +133,18 @@ impl Interface {
     }
 
     /// The offloads on, if the device has a virtio-net header.
-    pub fn offloads(&self) -> Option<Offloads> {
+    pub(crate) fn offloads(&self) -> Option<Offloads> {
         self.offloads
     }
 
     /// Takes the device's queues for the data path.
-    pub fn take_queues(&mut self) -> Vec<Queue> {
+    pub(crate) fn take_queues(&mut self) -> Vec<Queue> {
         std::mem::take(&mut self.queues)
     }
 
     /// Runs the `down` hook (its failure is logged, not fatal: the tunnel is going away
     /// regardless). The device itself goes when the last queue is dropped.
-    pub fn down(self) {
+    pub(crate) fn down(self) {
         if let Some(down) = &self.down_hook {
             match hooks::run("down", down, &self.env) {
                 Ok(out) => log_output("down", &out),
@@ -164,7 +168,7 @@ fn log_output(hook: &str, out: &str) {
 }
 
 /// The interface's link and addresses, for changing its routes on reload.
-pub struct Routes {
+pub(crate) struct Routes {
     link: Link,
     addresses: Vec<IpNet>,
 }
@@ -172,7 +176,7 @@ pub struct Routes {
 impl Routes {
     /// Adds routes that `after` has and `before` lacks, removes the opposite. Failures are
     /// logged: the tunnel keeps running with the routes it has.
-    pub fn update(&self, before: &[IpNet], after: &[IpNet]) {
+    pub(crate) fn update(&self, before: &[IpNet], after: &[IpNet]) {
         type Change = fn(&Link, IpNet, Option<u32>) -> Result<(), DeviceError>;
         let name = self.link.name();
         // Each route of `routes` that `other` lacks and the addresses do not cover.

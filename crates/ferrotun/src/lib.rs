@@ -9,14 +9,13 @@
 #![warn(missing_docs)]
 
 pub mod cli;
-pub mod config;
-pub mod ctlsock;
-pub mod engine;
-pub mod hooks;
-pub mod iface;
-pub mod peer;
-pub mod privs;
+mod config;
+mod ctlsock;
+mod engine;
+mod hooks;
+mod iface;
+mod privs;
 pub mod routing;
-pub mod run;
-pub mod stats;
-pub mod status;
+mod run;
+mod stats;
+mod status;

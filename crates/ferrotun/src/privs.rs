@@ -15,16 +15,16 @@ use std::io;
 
 /// A user and group to run as after setup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RunAs {
+pub(crate) struct RunAs {
     /// User id.
-    pub uid: u32,
+    pub(crate) uid: u32,
     /// Group id.
-    pub gid: u32,
+    pub(crate) gid: u32,
 }
 
 /// Resolves a user name (or a numeric id, for systems without `/etc/passwd` such as a
 /// `scratch` container) to its uid and primary gid.
-pub fn lookup_user(name: &str) -> Result<(u32, u32), String> {
+pub(crate) fn lookup_user(name: &str) -> Result<(u32, u32), String> {
     if let Ok(uid) = name.parse::<u32>() {
         // A bare id: its primary group is whatever passwd says, else the same number.
         let gid = passwd_by_uid(uid).map_or(uid, |(_, g)| g);
@@ -69,7 +69,7 @@ fn passwd_by_uid(uid: u32) -> Option<(u32, u32)> {
 }
 
 /// Resolves a group name (or numeric id) to its gid.
-pub fn lookup_group(name: &str) -> Result<u32, String> {
+pub(crate) fn lookup_group(name: &str) -> Result<u32, String> {
     if let Ok(gid) = name.parse::<u32>() {
         return Ok(gid);
     }
@@ -107,7 +107,7 @@ fn check(rc: libc::c_int, what: &str) -> io::Result<()> {
 
 /// Switches the whole process (every thread: glibc's set*id wrappers apply to all
 /// threads) to `to`, with no supplementary groups and no capabilities.
-pub fn drop_to(to: RunAs) -> io::Result<()> {
+pub(crate) fn drop_to(to: RunAs) -> io::Result<()> {
     // SAFETY: plain system calls with integer arguments; results checked.
     unsafe {
         check(
@@ -122,7 +122,7 @@ pub fn drop_to(to: RunAs) -> io::Result<()> {
 }
 
 /// Clears every capability of every thread (effective, permitted, inheritable, ambient).
-pub fn clear_capabilities() -> io::Result<()> {
+pub(crate) fn clear_capabilities() -> io::Result<()> {
     // SAFETY: prctl with integer arguments; the result is checked.
     unsafe {
         check(
@@ -146,7 +146,7 @@ pub fn clear_capabilities() -> io::Result<()> {
 }
 
 /// `capset(2)` with all sets empty, for the calling thread.
-pub fn capset_zero() -> io::Result<()> {
+pub(crate) fn capset_zero() -> io::Result<()> {
     #[repr(C)]
     struct Header {
         version: u32,
@@ -179,7 +179,7 @@ pub fn capset_zero() -> io::Result<()> {
 
 /// The effective capability mask of a thread, from `/proc/thread-self/status` or
 /// `/proc/<pid>/task/<tid>/status`.
-pub fn effective_caps(status: &str) -> Option<u64> {
+pub(crate) fn effective_caps(status: &str) -> Option<u64> {
     status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
@@ -187,7 +187,7 @@ pub fn effective_caps(status: &str) -> Option<u64> {
 }
 
 /// Whether this process has any effective capability (on the calling thread).
-pub fn has_capabilities() -> bool {
+pub(crate) fn has_capabilities() -> bool {
     std::fs::read_to_string("/proc/thread-self/status")
         .ok()
         .and_then(|s| effective_caps(&s))
@@ -196,7 +196,7 @@ pub fn has_capabilities() -> bool {
 
 /// Sends a state line to systemd when started as a `Type=notify` service; does nothing
 /// otherwise.
-pub fn sd_notify(state: &str) {
+pub(crate) fn sd_notify(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };

@@ -19,8 +19,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::cli::Role;
 use crate::config::{ClientConfig, Hooks, InterfaceConfig, PeerConfig, ServerConfig, Transport};
 use crate::ctlsock::{self, ControlSocket};
+use crate::engine::addr::{PeerAddr, canonical};
 use crate::engine::client::ClientSettings;
-use crate::engine::{Engine, EngineConfig, all_routes, build_table, reload_peers};
+use crate::engine::table::Peers;
+use crate::engine::{Engine, EngineConfig};
 use crate::iface::Interface;
 use crate::privs;
 
@@ -90,7 +92,7 @@ fn plan(role: Role, path: &Path) -> Result<Plan, crate::config::ConfigError> {
 
 /// Runs the tunnel described by the config at `path` until a signal or a failure.
 /// `socket` overrides the control socket's path.
-pub fn run(role: Role, path: &Path, socket: Option<PathBuf>) -> ExitCode {
+pub(crate) fn run(role: Role, path: &Path, socket: Option<PathBuf>) -> ExitCode {
     let plan = match plan(role, path) {
         Ok(p) => p,
         Err(e) => {
@@ -282,7 +284,7 @@ fn setup(role: Role, plan: Plan, socket: Option<PathBuf>) -> anyhow::Result<Setu
             .to_socket_addrs()
             .map(|mut a| a.next())
         {
-            Ok(Some(a)) => Some(crate::engine::canonical(a)),
+            Ok(Some(a)) => Some(canonical(a)),
             Ok(None) | Err(_) if c.persist => {
                 tracing::warn!(endpoint = %c.endpoint, "cannot resolve the server yet; will keep trying");
                 None
@@ -294,7 +296,7 @@ fn setup(role: Role, plan: Plan, socket: Option<PathBuf>) -> anyhow::Result<Setu
     };
     let identity = Arc::new(Identity::new(interface.private_key.clone()));
     let backend = interface.aead_backend;
-    let table = build_table(&identity, interface.mode, &peers, backend)?;
+    let table = Peers::new(identity.clone(), interface.mode, backend, &peers)?;
     let udp = match (&client, listen_udp) {
         (Some(c), _) if c.transport == Transport::Udp => client_udp(interface.queues)?,
         (None, Some(addr)) => bind_udp_group(addr, interface.queues)?,
@@ -311,9 +313,9 @@ fn setup(role: Role, plan: Plan, socket: Option<PathBuf>) -> anyhow::Result<Setu
     let control = ControlSocket::bind(&socket_path)?;
     if let (Some(ep), Some(c)) = (endpoint, &client)
         && c.transport == Transport::Udp
-        && let Some(p) = table.get(0)
+        && let Some(p) = table.load().get(0)
     {
-        p.set_endpoint(crate::engine::PeerAddr::Udp(ep));
+        p.set_endpoint(PeerAddr::Udp(ep));
     }
     let queues = iface.take_queues();
     match interface.run_as {
@@ -342,7 +344,7 @@ fn setup(role: Role, plan: Plan, socket: Option<PathBuf>) -> anyhow::Result<Setu
             interface: iface.name().to_owned(),
             identity,
             backend,
-            table,
+            peers: table,
             udp,
             tcp,
             tun: queues,
@@ -374,10 +376,10 @@ async fn serve(setup: Setup) -> anyhow::Result<()> {
     let _server = control.serve(engine.shared.clone())?;
     tracing::info!(
         interface = iface.name(),
-        listening = ?engine.shared.listening.iter().map(|(t, a)| format!("{t} {a}")).collect::<Vec<_>>(),
+        listening = ?engine.shared.settings.listening.iter().map(|(t, a)| format!("{t} {a}")).collect::<Vec<_>>(),
         control = %control.path().display(),
         peers,
-        aead = engine.shared.backend.name(),
+        aead = engine.shared.settings.backend.name(),
         "tunnel running"
     );
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -415,9 +417,11 @@ async fn reload(role: Role, path: &Path, engine: &Engine, iface: &Interface) {
     let (path, shared, routes) = (path.to_owned(), engine.shared.clone(), iface.routes());
     let work = tokio::task::spawn_blocking(move || {
         let cfg = ServerConfig::load(&path).map_err(|e| e.to_string())?;
-        let before = all_routes(&shared.table.load());
-        let summary = reload_peers(&shared, &cfg.peers).map_err(|e| format!("{e:#}"))?;
-        routes.update(&before, &all_routes(&shared.table.load()));
+        let before = shared.peers.load().all_routes();
+        let summary = shared
+            .reload_peers(&cfg.peers)
+            .map_err(|e| format!("{e:#}"))?;
+        routes.update(&before, &shared.peers.load().all_routes());
         Ok::<_, String>(summary)
     });
     match work.await {

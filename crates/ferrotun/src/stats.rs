@@ -6,30 +6,27 @@
 //! [`LOG_INTERVAL`] per reason, with the number suppressed since, so a flood of garbage
 //! cannot flood the log.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::peer::Peer;
-
 /// How often one drop reason may log a warning.
-pub const LOG_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 macro_rules! drop_reasons {
     ($($variant:ident => $name:literal, $doc:literal;)*) => {
         /// Why a packet was dropped.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         #[repr(usize)]
-        pub enum DropReason {
+        pub(crate) enum DropReason {
             $(#[doc = $doc] $variant,)*
         }
 
         impl DropReason {
             /// Every reason, in counter order.
-            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)*];
+            pub(crate) const ALL: &'static [DropReason] = &[$(DropReason::$variant,)*];
 
             /// The reason's name in logs and `show`.
-            pub fn name(self) -> &'static str {
+            pub(crate) fn name(self) -> &'static str {
                 match self {
                     $(DropReason::$variant => $name,)*
                 }
@@ -66,7 +63,7 @@ const N: usize = DropReason::ALL.len();
 
 /// Drop counters by reason, without logging (one per peer).
 #[derive(Debug)]
-pub struct DropCounts([AtomicU64; N]);
+pub(crate) struct DropCounts([AtomicU64; N]);
 
 impl Default for DropCounts {
     fn default() -> Self {
@@ -76,17 +73,17 @@ impl Default for DropCounts {
 
 impl DropCounts {
     /// Counts one drop.
-    pub fn count(&self, reason: DropReason) {
+    pub(crate) fn count(&self, reason: DropReason) {
         self.0[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The count for one reason.
-    pub fn get(&self, reason: DropReason) -> u64 {
+    pub(crate) fn get(&self, reason: DropReason) -> u64 {
         self.0[reason as usize].load(Ordering::Relaxed)
     }
 
     /// Every non-zero count, by reason name.
-    pub fn nonzero(&self) -> Vec<(&'static str, u64)> {
+    pub(crate) fn nonzero(&self) -> Vec<(&'static str, u64)> {
         DropReason::ALL
             .iter()
             .map(|r| (r.name(), self.get(*r)))
@@ -97,7 +94,7 @@ impl DropCounts {
 
 /// Drop counters by reason, with the log rate limit.
 #[derive(Debug)]
-pub struct Drops {
+pub(crate) struct Drops {
     counts: DropCounts,
     logged_at: [AtomicU64; N],
     suppressed: [AtomicU64; N],
@@ -117,13 +114,13 @@ impl Default for Drops {
 
 impl Drops {
     /// Counts one drop.
-    pub fn count(&self, reason: DropReason) {
+    pub(crate) fn count(&self, reason: DropReason) {
         self.counts.count(reason);
     }
 
     /// Counts one drop and returns, at most once per [`LOG_INTERVAL`] per reason, how many
     /// drops of this reason went unlogged before it (the caller then logs).
-    pub fn count_and_should_log(&self, reason: DropReason) -> Option<u64> {
+    pub(crate) fn count_and_should_log(&self, reason: DropReason) -> Option<u64> {
         self.count(reason);
         let i = reason as usize;
         let now = self.epoch.elapsed().as_millis() as u64 + 1;
@@ -143,191 +140,56 @@ impl Drops {
     }
 
     /// The count for one reason.
-    pub fn get(&self, reason: DropReason) -> u64 {
+    #[cfg(test)]
+    fn get(&self, reason: DropReason) -> u64 {
         self.counts.get(reason)
     }
 
     /// Every non-zero count, by reason name.
-    pub fn nonzero(&self) -> Vec<(&'static str, u64)> {
+    pub(crate) fn nonzero(&self) -> Vec<(&'static str, u64)> {
         self.counts.nonzero()
     }
 }
 
 /// Traffic counters of one peer.
 #[derive(Debug, Default)]
-pub struct Traffic {
+pub(crate) struct Traffic {
     /// Inner bytes received from the peer and written to the device.
-    pub rx_bytes: AtomicU64,
+    pub(crate) rx_bytes: AtomicU64,
     /// Packets received from the peer and written to the device.
-    pub rx_packets: AtomicU64,
+    pub(crate) rx_packets: AtomicU64,
     /// Inner bytes read from the device and sent to the peer.
-    pub tx_bytes: AtomicU64,
+    pub(crate) tx_bytes: AtomicU64,
     /// Packets sent to the peer.
-    pub tx_packets: AtomicU64,
+    pub(crate) tx_packets: AtomicU64,
     /// Payload bytes sent after compression (equal to `tx_bytes` when nothing
     /// compressed).
-    pub tx_payload_bytes: AtomicU64,
+    pub(crate) tx_payload_bytes: AtomicU64,
     /// Payload bytes received before decompression.
-    pub rx_payload_bytes: AtomicU64,
+    pub(crate) rx_payload_bytes: AtomicU64,
     /// Completed handshakes.
-    pub handshakes: AtomicU64,
+    pub(crate) handshakes: AtomicU64,
 }
 
 impl Traffic {
-    /// Adds one received packet of `len` inner bytes that took `payload` bytes on the
-    /// wire (less when it came compressed).
-    pub fn received(&self, len: usize, payload: usize) {
-        self.rx_bytes.fetch_add(len as u64, Ordering::Relaxed);
-        self.rx_payload_bytes
-            .fetch_add(payload as u64, Ordering::Relaxed);
-        self.rx_packets.fetch_add(1, Ordering::Relaxed);
+    /// Adds `(packets, bytes, payload)` sent.
+    pub(crate) fn add_sent(&self, (packets, bytes, payload): (u64, u64, u64)) {
+        self.tx_packets.fetch_add(packets, Ordering::Relaxed);
+        self.tx_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.tx_payload_bytes.fetch_add(payload, Ordering::Relaxed);
     }
 
-    /// Adds one sent packet of `len` inner bytes that took `payload` bytes on the wire.
-    pub fn sent(&self, len: usize, payload: usize) {
-        self.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
-        self.tx_payload_bytes
-            .fetch_add(payload as u64, Ordering::Relaxed);
-        self.tx_packets.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn add(&self, sent: bool, t: &Tally) {
-        let (bytes, payload, packets) = if sent {
-            (&self.tx_bytes, &self.tx_payload_bytes, &self.tx_packets)
-        } else {
-            (&self.rx_bytes, &self.rx_payload_bytes, &self.rx_packets)
-        };
-        bytes.fetch_add(t.bytes, Ordering::Relaxed);
-        payload.fetch_add(t.payload, Ordering::Relaxed);
-        packets.fetch_add(t.packets, Ordering::Relaxed);
-    }
-}
-
-/// One direction of one peer's [`Traffic`], counted over a batch of packets and added to
-/// the peer's counters when the peer changes or the batch ends ([`Tally::flush`]): three
-/// atomic additions per batch rather than per packet. (Per packet they were about 1 % of
-/// the sending process's perf samples, each a locked instruction.)
-pub struct Tally {
-    sent: bool,
-    peer: Option<Arc<Peer>>,
-    packets: u64,
-    bytes: u64,
-    payload: u64,
-}
-
-impl Tally {
-    /// A tally of packets sent to peers.
-    pub fn sent() -> Tally {
-        Tally::new(true)
-    }
-
-    /// A tally of packets received from peers.
-    pub fn received() -> Tally {
-        Tally::new(false)
-    }
-
-    fn new(sent: bool) -> Tally {
-        Tally {
-            sent,
-            peer: None,
-            packets: 0,
-            bytes: 0,
-            payload: 0,
-        }
-    }
-
-    /// Counts one packet of `len` inner bytes that took `payload` bytes on the wire.
-    pub fn count(&mut self, peer: &Arc<Peer>, len: usize, payload: usize) {
-        if !self.peer.as_ref().is_some_and(|p| Arc::ptr_eq(p, peer)) {
-            self.flush();
-            self.peer = Some(Arc::clone(peer));
-        }
-        self.packets += 1;
-        self.bytes += len as u64;
-        self.payload += payload as u64;
-    }
-
-    /// Adds what was counted to the peer's counters, and lets the peer go. Dropping the
-    /// tally does the same.
-    pub fn flush(&mut self) {
-        if let Some(peer) = self.peer.take() {
-            peer.traffic.add(self.sent, self);
-        }
-        self.packets = 0;
-        self.bytes = 0;
-        self.payload = 0;
-    }
-}
-
-impl Drop for Tally {
-    fn drop(&mut self) {
-        self.flush();
+    /// Adds `(packets, bytes, payload)` received.
+    pub(crate) fn add_received(&self, (packets, bytes, payload): (u64, u64, u64)) {
+        self.rx_packets.fetch_add(packets, Ordering::Relaxed);
+        self.rx_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.rx_payload_bytes.fetch_add(payload, Ordering::Relaxed);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferrotun_device::Mode;
-    use ferrotun_proto::{AeadBackend, Identity, PrivateKey};
-
-    fn peer(slot: u32) -> Arc<Peer> {
-        let identity = Arc::new(Identity::new(PrivateKey::from_bytes([0x11; 32])));
-        let pc = crate::config::PeerConfig {
-            name: format!("p{slot}"),
-            public_key: PrivateKey::from_bytes([0x22 + slot as u8; 32]).public_key(),
-            allowed_ips: Vec::new(),
-            preshared_key: None,
-            compress: false,
-            keepalive: None,
-            file: "peer.toml".into(),
-        };
-        crate::engine::make_peer(&identity, Mode::Tun, slot, &pc, AeadBackend::Ring).unwrap()
-    }
-
-    fn tx(p: &Peer) -> [u64; 3] {
-        let t = &p.traffic;
-        [&t.tx_packets, &t.tx_bytes, &t.tx_payload_bytes].map(|c| c.load(Ordering::Relaxed))
-    }
-
-    fn rx(p: &Peer) -> [u64; 3] {
-        let t = &p.traffic;
-        [&t.rx_packets, &t.rx_bytes, &t.rx_payload_bytes].map(|c| c.load(Ordering::Relaxed))
-    }
-
-    #[test]
-    fn a_tally_adds_to_each_peer_what_it_counted_for_it() {
-        let (a, b) = (peer(0), peer(1));
-        let mut t = Tally::sent();
-        t.count(&a, 100, 60);
-        t.count(&a, 50, 50);
-        assert_eq!(
-            tx(&a),
-            [0; 3],
-            "nothing added before the peer changes or a flush"
-        );
-        t.count(&b, 10, 10);
-        assert_eq!(tx(&a), [2, 150, 110]);
-        t.count(&a, 1, 1);
-        t.flush();
-        t.flush();
-        assert_eq!(tx(&a), [3, 151, 111]);
-        assert_eq!(tx(&b), [1, 10, 10]);
-        let mut r = Tally::received();
-        r.count(&b, 7, 3);
-        r.flush();
-        assert_eq!(rx(&b), [1, 7, 3]);
-        assert_eq!((rx(&a), tx(&b)), ([0; 3], [1, 10, 10]));
-        let mut dropped = Tally::received();
-        dropped.count(&a, 5, 5);
-        drop(dropped);
-        assert_eq!(rx(&a), [1, 5, 5], "a dropped tally adds what it counted");
-        assert_eq!(
-            Arc::strong_count(&a),
-            1,
-            "a flushed tally keeps no peer alive"
-        );
-    }
 
     #[test]
     fn every_drop_counts_but_logs_are_limited() {

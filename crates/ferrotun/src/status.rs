@@ -8,80 +8,80 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::Shared;
-use crate::peer::unstamp;
+use crate::engine::peer::unstamp;
+use crate::engine::shared::Shared;
 
 /// One peer's state.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PeerStatus {
+pub(crate) struct PeerStatus {
     /// The peer's name.
-    pub name: String,
+    pub(crate) name: String,
     /// Its public key (base64).
-    pub public_key: String,
+    pub(crate) public_key: String,
     /// Where it is, if known.
-    pub endpoint: Option<String>,
+    pub(crate) endpoint: Option<String>,
     /// "udp" or "tcp", if connected.
-    pub transport: Option<String>,
+    pub(crate) transport: Option<String>,
     /// Its allowed IPs.
-    pub allowed_ips: Vec<String>,
+    pub(crate) allowed_ips: Vec<String>,
     /// Whether a keypair can send now.
-    pub established: bool,
+    pub(crate) established: bool,
     /// Seconds since the last completed handshake.
-    pub latest_handshake_seconds_ago: Option<u64>,
+    pub(crate) latest_handshake_seconds_ago: Option<u64>,
     /// The last completed handshake, as Unix time.
-    pub latest_handshake_unix: Option<u64>,
+    pub(crate) latest_handshake_unix: Option<u64>,
     /// Completed handshakes since start.
-    pub handshakes: u64,
+    pub(crate) handshakes: u64,
     /// Inner bytes received from the peer (after decompression).
-    pub rx_bytes: u64,
+    pub(crate) rx_bytes: u64,
     /// Packets received from the peer.
-    pub rx_packets: u64,
+    pub(crate) rx_packets: u64,
     /// Inner bytes sent to the peer (before compression).
-    pub tx_bytes: u64,
+    pub(crate) tx_bytes: u64,
     /// Packets sent to the peer.
-    pub tx_packets: u64,
+    pub(crate) tx_packets: u64,
     /// Payload bytes received as they were on the wire (compressed or not).
-    pub rx_payload_bytes: u64,
+    pub(crate) rx_payload_bytes: u64,
     /// Payload bytes sent as they went on the wire (compressed or not).
-    pub tx_payload_bytes: u64,
+    pub(crate) tx_payload_bytes: u64,
     /// Whether compression is on for this peer.
-    pub compress: bool,
+    pub(crate) compress: bool,
     /// Wire payload / inner bytes sent (1.0 when nothing compressed).
-    pub tx_compression_ratio: Option<f64>,
+    pub(crate) tx_compression_ratio: Option<f64>,
     /// Wire payload / inner bytes received.
-    pub rx_compression_ratio: Option<f64>,
+    pub(crate) rx_compression_ratio: Option<f64>,
     /// This peer's drops by reason (non-zero only).
-    pub drops: BTreeMap<String, u64>,
+    pub(crate) drops: BTreeMap<String, u64>,
 }
 
 /// The whole tunnel's state.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Status {
+pub(crate) struct Status {
     /// The interface name.
-    pub interface: String,
+    pub(crate) interface: String,
     /// "tun" or "tap".
-    pub mode: String,
+    pub(crate) mode: String,
     /// Our public key (base64).
-    pub public_key: String,
+    pub(crate) public_key: String,
     /// What we listen on ("udp [::]:51820", ...).
-    pub listening: Vec<String>,
+    pub(crate) listening: Vec<String>,
     /// The peers.
-    pub peers: Vec<PeerStatus>,
+    pub(crate) peers: Vec<PeerStatus>,
     /// Every drop by reason (non-zero only), whoever caused it.
-    pub drops: BTreeMap<String, u64>,
+    pub(crate) drops: BTreeMap<String, u64>,
     /// Learned MAC addresses (TAP servers).
-    pub mac_table_entries: usize,
+    pub(crate) mac_table_entries: usize,
     /// Packets read from each device queue (one entry per queue).
     #[serde(default)]
-    pub queue_packets: Vec<u64>,
+    pub(crate) queue_packets: Vec<u64>,
     /// Packets received with a partial TCP or UDP checksum (the sender left it for this
     /// side to complete).
     #[serde(default)]
-    pub partial_checksums: u64,
+    pub(crate) partial_checksums: u64,
     /// Those of them whose checksum this side completed in software, its device having
     /// no offloads (otherwise its kernel completes them).
     #[serde(default)]
-    pub checksums_completed: u64,
+    pub(crate) checksums_completed: u64,
 }
 
 fn ratio(wire: u64, inner: u64) -> Option<f64> {
@@ -89,10 +89,10 @@ fn ratio(wire: u64, inner: u64) -> Option<f64> {
 }
 
 /// Takes a snapshot.
-pub fn snapshot(shared: &Shared) -> Status {
+pub(crate) fn snapshot(shared: &Shared) -> Status {
     let now = Instant::now();
     let wall = SystemTime::now();
-    let table = shared.table.load();
+    let table = shared.peers.load();
     let peers = table
         .peers()
         .map(|p| {
@@ -140,10 +140,11 @@ pub fn snapshot(shared: &Shared) -> Status {
         })
         .collect();
     Status {
-        interface: shared.interface.clone(),
-        mode: shared.mode.to_string(),
-        public_key: shared.identity.public_key().to_base64(),
+        interface: shared.settings.interface.clone(),
+        mode: shared.settings.mode.to_string(),
+        public_key: shared.settings.identity.public_key().to_base64(),
         listening: shared
+            .settings
             .listening
             .iter()
             .map(|(t, a)| format!("{t} {a}"))
@@ -199,7 +200,7 @@ fn drops_line(d: &BTreeMap<String, u64>) -> String {
 }
 
 /// Renders a status as text, in the manner of `wg show`.
-pub fn render(s: &Status) -> String {
+pub(crate) fn render(s: &Status) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "interface: {} ({})", s.interface, s.mode);
     let _ = writeln!(o, "  public key: {}", s.public_key);

@@ -15,9 +15,12 @@ use std::time::{Duration, Instant};
 
 use ferrotun_proto::Entropy;
 
-use super::{PeerAddr, Shared, tcp};
 use crate::config::{Endpoint, Transport};
-use crate::peer::Peer;
+
+use super::addr::{PeerAddr, canonical};
+use super::peer::{Peer, unstamp};
+use super::shared::Shared;
+use super::tcp;
 
 /// First retry delay.
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
@@ -33,13 +36,13 @@ const GIVE_UP: Duration = Duration::from_secs(90);
 
 /// How the client reaches its server.
 #[derive(Debug, Clone)]
-pub struct ClientSettings {
+pub(crate) struct ClientSettings {
     /// Where the server is.
-    pub endpoint: Endpoint,
+    pub(crate) endpoint: Endpoint,
     /// UDP or TCP.
-    pub transport: Transport,
+    pub(crate) transport: Transport,
     /// Keep reconnecting.
-    pub persist: bool,
+    pub(crate) persist: bool,
 }
 
 /// Capped exponential backoff with jitter.
@@ -66,7 +69,7 @@ impl Backoff {
 }
 
 /// Resolves the endpoint to one address (the first the resolver gives).
-pub async fn resolve(ep: &Endpoint) -> std::io::Result<SocketAddr> {
+async fn resolve(ep: &Endpoint) -> std::io::Result<SocketAddr> {
     tokio::net::lookup_host((ep.host.as_str(), ep.port))
         .await?
         .next()
@@ -74,8 +77,8 @@ pub async fn resolve(ep: &Endpoint) -> std::io::Result<SocketAddr> {
 }
 
 /// Runs the connector for the client's one peer (slot 0).
-pub async fn run(shared: Arc<Shared>, settings: ClientSettings) -> anyhow::Result<()> {
-    let Some(peer) = shared.table.load().get(0).cloned() else {
+pub(crate) async fn run(shared: Arc<Shared>, settings: ClientSettings) -> anyhow::Result<()> {
+    let Some(peer) = shared.peers.load().get(0).cloned() else {
         anyhow::bail!("a client needs its server as peer 0");
     };
     match settings.transport {
@@ -94,7 +97,7 @@ fn request_handshake(shared: &Shared, peer: &Peer) {
 async fn reresolve(peer: &Peer, ep: &Endpoint) -> bool {
     match resolve(ep).await {
         Ok(addr) => {
-            let addr = super::canonical(addr);
+            let addr = canonical(addr);
             if peer.endpoint().is_none_or(|cur| cur.addr() != addr) {
                 tracing::info!(endpoint = %ep, address = %addr, "server endpoint resolved to a new address");
                 peer.set_endpoint(PeerAddr::Udp(addr));
@@ -129,7 +132,7 @@ async fn udp(shared: &Shared, peer: &Peer, s: &ClientSettings) -> anyhow::Result
         tokio::time::sleep(wait).await;
         let now = Instant::now();
         let ago = |at: &std::sync::atomic::AtomicU64| {
-            crate::peer::unstamp(shared.epoch, at.load(Ordering::Relaxed))
+            unstamp(shared.epoch, at.load(Ordering::Relaxed))
                 .map(|t| now.saturating_duration_since(t))
         };
         let established = peer.status.established.load(Ordering::Relaxed);

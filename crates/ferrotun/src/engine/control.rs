@@ -1,4 +1,4 @@
-//! The control task: owner of every peer's [`Session`].
+//! The control task: owner of every peer's [`Session`](ferrotun_proto::Session).
 //!
 //! It answers handshake initiations (two-phase: the protocol crate decrypts the
 //! initiator's key, we find the peer, its session checks freshness and answers), completes
@@ -7,21 +7,25 @@
 //! publishes keypairs, and ages the TAP switch's MAC table.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use ferrotun_device::Mode;
 use ferrotun_proto::handshake::HandshakeError;
-use ferrotun_proto::wire::{DATA_HEADER_LEN, TYPE_COOKIE_REPLY, TYPE_INITIATION, TYPE_RESPONSE};
-use ferrotun_proto::{
-    Encapsulated, OsEntropy, PayloadFlags, Phase1, ResponseOutcome, SessionIndex, Transmit,
-};
+use ferrotun_proto::wire::{CookieReply, INITIATION_LEN, Initiation, RESPONSE_LEN, Response};
+use ferrotun_proto::{HandshakeMessage, OsEntropy, Phase1, ResponseOutcome, Transmit};
 use tokio::sync::{mpsc, watch};
 
-use super::{PeerAddr, Shared, TRAILER, flags_mismatch, publish};
-use crate::peer::{Peer, unstamp};
 use crate::stats::DropReason;
+
+use super::addr::PeerAddr;
+use super::outbox::{Outbox, SLOTS};
+use super::peer::{Peer, stamp, unstamp};
+use super::shared::{Inbound, Shared};
+use super::switch::LOCAL;
+use super::table::flags_mismatch;
 
 /// Above this many queued handshake messages the responder asks for cookies (mac2).
 const UNDER_LOAD: usize = 32;
@@ -34,24 +38,17 @@ const NOTES_EVERY: Duration = Duration::from_millis(100);
 /// How often the MAC table is aged.
 const AGE_EVERY: Duration = Duration::from_secs(10);
 
-/// A handshake message for the control task.
-pub struct Inbound {
-    /// The message.
-    pub bytes: Vec<u8>,
-    /// Where it came from (and where an answer goes).
-    pub src: PeerAddr,
-}
-
 /// Runs the control task until told to stop.
-pub async fn run(
+pub(crate) async fn run(
     shared: Arc<Shared>,
     mut inbound: mpsc::Receiver<Inbound>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut ctl = Control {
-        shared: shared.clone(),
+        out: Outbox::new(&shared, 0, 0, SLOTS),
+        shared,
         rng: OsEntropy,
-        out: vec![0u8; 256],
+        buf: vec![0u8; 256],
         deadlines: HashMap::new(),
         aged_at: Instant::now(),
     };
@@ -65,7 +62,7 @@ pub async fn run(
                     ctl.handle(msg, under_load).await;
                 }
             }
-            () = shared.wake.notified() => {}
+            () = ctl.shared.wake.notified() => {}
             () = sleep => {}
             _ = stop.changed() => return Ok(()),
         }
@@ -76,7 +73,10 @@ pub async fn run(
 struct Control {
     shared: Arc<Shared>,
     rng: OsEntropy,
-    out: Vec<u8>,
+    /// Room for a handshake message or keepalive the session writes.
+    buf: Vec<u8>,
+    /// Seals the packets that waited for a handshake.
+    out: Outbox,
     /// When each peer's session next wants attention.
     deadlines: HashMap<u32, Instant>,
     aged_at: Instant,
@@ -86,7 +86,7 @@ impl Control {
     /// Looks at every peer that has news or a due timer; returns when to look again.
     async fn service_all(&mut self) -> Instant {
         let now = Instant::now();
-        let table = self.shared.table.load_full();
+        let table = self.shared.peers.load_full();
         let mut next = now + MAX_IDLE;
         self.deadlines.retain(|slot, _| table.get(*slot).is_some());
         let mut busy = false;
@@ -103,10 +103,14 @@ impl Control {
                 next = next.min(*d);
             }
         }
-        if self.shared.mode == Mode::Tap && self.shared.server && now >= self.aged_at + AGE_EVERY {
+        let shared = &self.shared;
+        if shared.settings.mode == Mode::Tap
+            && shared.settings.server
+            && now >= self.aged_at + AGE_EVERY
+        {
             self.aged_at = now;
-            let n = self.shared.switch.age(self.shared.stamp(now), |slot| {
-                slot != super::switch::LOCAL && table.get(slot).is_none()
+            let n = shared.switch.age(shared.stamp(now), |port| {
+                port != LOCAL && table.get(port).is_none()
             });
             if n > 0 {
                 tracing::debug!(forgotten = n, "MAC table aged");
@@ -123,13 +127,14 @@ impl Control {
         let now = Instant::now();
         let epoch = self.shared.epoch;
         let mut transmits: Vec<(Vec<u8>, PeerAddr)> = Vec::new();
+        let mut flush: Vec<Vec<u8>> = Vec::new();
         let mut gave_up = false;
         {
             let mut s = peer.session();
             let n = &peer.notes;
             if n.restart.swap(false, Ordering::AcqRel) {
                 s.restart();
-                publish(peer, &s, now, epoch);
+                peer.publish(&s, now, epoch);
             }
             let sent = unstamp(epoch, n.sent.swap(0, Ordering::AcqRel));
             let received = unstamp(epoch, n.received.swap(0, Ordering::AcqRel));
@@ -139,7 +144,7 @@ impl Control {
                 (received, &peer.status.received_at),
             ] {
                 if let Some(t) = t {
-                    at.fetch_max(crate::peer::stamp(epoch, t), Ordering::Relaxed);
+                    at.fetch_max(stamp(epoch, t), Ordering::Relaxed);
                 }
             }
             let confirm = n.confirm.swap(0, Ordering::AcqRel);
@@ -172,11 +177,11 @@ impl Control {
             }
             let endpoint = peer.endpoint();
             loop {
-                match s.poll_transmit(now, SystemTime::now(), &mut self.rng, &mut self.out) {
+                match s.poll_transmit(now, SystemTime::now(), &mut self.rng, &mut self.buf) {
                     Ok(Some(Transmit::Initiation(len))) => match &endpoint {
                         Some(ep) => {
                             tracing::debug!(peer = peer.name(), endpoint = %ep, "sending handshake initiation");
-                            transmits.push((self.out[..len].to_vec(), ep.clone()));
+                            transmits.push((self.buf[..len].to_vec(), ep.clone()));
                         }
                         None => tracing::debug!(
                             peer = peer.name(),
@@ -185,32 +190,16 @@ impl Control {
                     },
                     Ok(Some(Transmit::Keepalive(len))) => {
                         if let Some(ep) = &endpoint {
-                            transmits.push((self.out[..len].to_vec(), ep.clone()));
+                            transmits.push((self.buf[..len].to_vec(), ep.clone()));
                         }
                     }
                     Ok(Some(Transmit::FlushQueue)) => {
-                        let staged: Vec<Vec<u8>> = peer.staged().drain(..).collect();
-                        let flags = if self.shared.mode == Mode::Tap {
-                            PayloadFlags::ETHERNET
-                        } else {
-                            PayloadFlags::NONE
-                        };
-                        for mut v in staged {
-                            let len = v.len() - DATA_HEADER_LEN - TRAILER;
-                            match s.encapsulate(now, flags, len, &mut v, self.shared.mtu) {
-                                Ok(Encapsulated::Send(n)) => {
-                                    if let Some(ep) = &endpoint {
-                                        v.truncate(n);
-                                        peer.traffic.sent(len, len);
-                                        transmits.push((v, ep.clone()));
-                                    }
-                                }
-                                Ok(Encapsulated::Queue) => peer.staged().push_back(v),
-                                Err(e) => tracing::debug!(
-                                    peer = peer.name(),
-                                    "sealing a staged packet: {e}"
-                                ),
-                            }
+                        let before = flush.len();
+                        flush.extend(peer.staged().drain(..));
+                        if flush.len() > before {
+                            // They go out below with the current keypair: data sent, as
+                            // far as the timers care (and no confirming keepalive).
+                            s.note_sent(now);
                         }
                     }
                     Ok(Some(Transmit::DropQueue)) => {
@@ -227,7 +216,7 @@ impl Control {
                     }
                 }
             }
-            publish(peer, &s, now, epoch);
+            peer.publish(&s, now, epoch);
             match s.next_timeout() {
                 Some(t) => self.deadlines.insert(peer.slot, t),
                 None => self.deadlines.remove(&peer.slot),
@@ -242,6 +231,17 @@ impl Control {
         for (bytes, ep) in transmits {
             self.shared.transmit(&bytes, &ep).await;
         }
+        // The packets that waited go out with the keypair just published, as any data
+        // does (a packet that finds none is staged again).
+        for packet in flush {
+            if !self.out.has_room() {
+                self.out.flush(&self.shared).await;
+            }
+            let slot = self.out.copy_in(&packet);
+            self.out
+                .prepare(&self.shared, peer, slot, packet.len(), now, false, false);
+        }
+        self.out.flush(&self.shared).await;
     }
 
     async fn handle(&mut self, msg: Inbound, under_load: bool) {
@@ -251,160 +251,179 @@ impl Control {
         // after the server has closed the connection that never authenticated, then start
         // over on a new port, and never get in while the load lasts.
         let under_load = under_load && matches!(msg.src, PeerAddr::Udp(_));
+        match &msg.message {
+            HandshakeMessage::Initiation(m) => self.initiation(m, &msg.src, under_load).await,
+            HandshakeMessage::Response(m) => self.response(m, &msg.src, under_load).await,
+            HandshakeMessage::CookieReply(m) => self.cookie_reply(m, &msg.src),
+        }
+    }
+
+    /// A peer's handshake initiation: answered with a response (or, under load, a cookie
+    /// reply).
+    async fn initiation(
+        &mut self,
+        m: &Initiation<[u8; INITIATION_LEN]>,
+        src: &PeerAddr,
+        under_load: bool,
+    ) {
+        let shared = Arc::clone(&self.shared);
         let now = Instant::now();
-        let src_sock = msg.src.addr();
-        let (src_bytes, src_len) = addr_bytes(src_sock);
-        let src_bytes = &src_bytes[..src_len];
         let mut reply = [0u8; 64];
-        let shared = self.shared.clone();
-        let table = shared.table.load_full();
-        match msg.bytes[0] {
-            TYPE_INITIATION => {
-                let pending = match shared.identity.begin_initiation(
-                    &msg.bytes,
-                    src_bytes,
-                    under_load,
-                    now,
-                    &mut self.rng,
-                    &mut reply,
-                ) {
-                    Ok(Phase1::Pending(p)) => p,
-                    Ok(Phase1::CookieReply(n)) => {
-                        shared.drops.count(DropReason::Cookie);
-                        shared.transmit(&reply[..n], &msg.src).await;
-                        return;
-                    }
-                    Err(e) => {
-                        shared.drop_packet(DropReason::HandshakeInvalid, || {
-                            format!("initiation from {}: {e}", msg.src)
-                        });
-                        return;
-                    }
-                };
-                let Some(peer) = table
-                    .by_key
-                    .get(&pending.initiator())
-                    .and_then(|s| table.get(*s))
-                else {
-                    shared.drop_packet(DropReason::HandshakeUnknownPeer, || {
+        let (addr, addr_len) = addr_bytes(src.addr());
+        let pending = match shared.settings.identity.begin_initiation(
+            m.as_bytes(),
+            &addr[..addr_len],
+            under_load,
+            now,
+            &mut self.rng,
+            &mut reply,
+        ) {
+            Ok(Phase1::Pending(p)) => p,
+            Ok(Phase1::CookieReply(n)) => {
+                shared.drops.count(DropReason::Cookie);
+                shared.transmit(&reply[..n], src).await;
+                return;
+            }
+            Err(e) => {
+                shared.drop_packet(DropReason::HandshakeInvalid, || {
+                    format!("initiation from {src}: {e}")
+                });
+                return;
+            }
+        };
+        let table = shared.peers.load_full();
+        let Some(peer) = table.by_key(&pending.initiator()) else {
+            shared.drop_packet(DropReason::HandshakeUnknownPeer, || {
+                format!(
+                    "initiation from {src} with unknown key {}",
+                    pending.initiator()
+                )
+            });
+            return;
+        };
+        let theirs = pending.flags();
+        let accepted = {
+            let mut s = peer.session();
+            let r = s.accept_initiation(pending, now, &mut self.rng, &mut self.buf);
+            if r.is_ok() {
+                peer.publish(&s, now, shared.epoch);
+            }
+            r
+        };
+        match accepted {
+            Ok(n) => {
+                if let Some(why) =
+                    flags_mismatch(peer.local_flags, theirs, "this server", "the peer")
+                {
+                    shared.drop_packet(DropReason::HandshakeRefused, || {
                         format!(
-                            "initiation from {} with unknown key {}",
-                            msg.src,
-                            pending.initiator()
+                            "peer {}: settings differ ({why}); the peer will refuse the session",
+                            peer.name()
                         )
                     });
-                    return;
-                };
-                let theirs = pending.flags();
-                let accepted = {
-                    let mut s = peer.session();
-                    let r = s.accept_initiation(pending, now, &mut self.rng, &mut self.out);
-                    if r.is_ok() {
-                        publish(peer, &s, now, shared.epoch);
-                    }
-                    r
-                };
-                match accepted {
-                    Ok(n) => {
-                        if let Some(why) =
-                            flags_mismatch(peer.local_flags, theirs, "this server", "the peer")
-                        {
-                            shared.drop_packet(DropReason::HandshakeRefused, || {
-                                format!("peer {}: settings differ ({why}); the peer will refuse the session", peer.name())
-                            });
-                        }
-                        if let PeerAddr::Tcp(c) = &msg.src {
-                            c.authenticate(peer.slot);
-                        }
-                        peer.set_endpoint(msg.src.clone());
-                        tracing::debug!(peer = peer.name(), endpoint = %msg.src, "answered handshake initiation");
-                        shared.transmit(&self.out[..n], &msg.src).await;
-                    }
-                    Err(e) => {
-                        let reason = if matches!(
-                            e,
-                            HandshakeError::ReplayedInitiation { .. }
-                                | HandshakeError::InitiationFlood { .. }
-                        ) {
-                            DropReason::HandshakeReplay
-                        } else {
-                            DropReason::HandshakeInvalid
-                        };
-                        shared.drop_packet(reason, || {
-                            format!("initiation from peer {} at {}: {e}", peer.name(), msg.src)
-                        });
-                    }
                 }
+                if let PeerAddr::Tcp(c) = src {
+                    c.authenticate(peer.slot);
+                }
+                peer.set_endpoint(src.clone());
+                tracing::debug!(peer = peer.name(), endpoint = %src, "answered handshake initiation");
+                shared.transmit(&self.buf[..n], src).await;
             }
-            TYPE_RESPONSE | TYPE_COOKIE_REPLY => {
-                // A response names our index in bytes 8..12, a cookie reply in 4..8.
-                let at = if msg.bytes[0] == TYPE_RESPONSE { 8 } else { 4 };
-                let index = u32::from_le_bytes(
-                    msg.bytes[at..at + 4]
-                        .try_into()
-                        .expect("classified message"),
-                );
-                let Some(peer) = table.get(SessionIndex::of_receiver(index).slot()).cloned() else {
-                    shared.drop_packet(DropReason::UnknownIndex, || {
-                        format!("handshake reply for index {index:#010x} from {}", msg.src)
+            Err(e) => {
+                let reason = match e {
+                    HandshakeError::ReplayedInitiation { .. }
+                    | HandshakeError::InitiationFlood { .. } => DropReason::HandshakeReplay,
+                    _ => DropReason::HandshakeInvalid,
+                };
+                shared.drop_packet(reason, || {
+                    format!("initiation from peer {} at {src}: {e}", peer.name())
+                });
+            }
+        }
+    }
+
+    /// The response to our initiation: the session is up (or, under load, the responder
+    /// gets a cookie reply).
+    async fn response(
+        &mut self,
+        m: &Response<[u8; RESPONSE_LEN]>,
+        src: &PeerAddr,
+        under_load: bool,
+    ) {
+        let shared = Arc::clone(&self.shared);
+        let now = Instant::now();
+        let index = m.receiver();
+        let table = shared.peers.load_full();
+        let Some(peer) = table.by_receiver(index) else {
+            shared.drop_packet(DropReason::UnknownIndex, || {
+                format!("handshake response for index {index:#010x} from {src}")
+            });
+            return;
+        };
+        let mut reply = [0u8; 64];
+        let (addr, addr_len) = addr_bytes(src.addr());
+        let outcome = {
+            let mut s = peer.session();
+            let r = s.on_response(
+                m.as_bytes(),
+                &addr[..addr_len],
+                under_load,
+                now,
+                &mut self.rng,
+                &mut reply,
+            );
+            if let Ok(ResponseOutcome::Established) = r {
+                let theirs = s.peer_flags().unwrap_or_default();
+                if let Some(why) =
+                    flags_mismatch(peer.local_flags, theirs, "this side", "the server")
+                {
+                    s.reset();
+                    peer.publish(&s, now, shared.epoch);
+                    drop(s);
+                    shared.drop_packet(DropReason::HandshakeRefused, || {
+                        format!("peer {} refused: settings differ ({why})", peer.name())
                     });
                     return;
-                };
-                if msg.bytes[0] == TYPE_COOKIE_REPLY {
-                    if let Err(e) = peer.session().on_cookie_reply(&msg.bytes, now) {
-                        shared.drop_packet(DropReason::HandshakeInvalid, || {
-                            format!("cookie reply from {}: {e}", msg.src)
-                        });
-                    }
-                    return;
                 }
-                let outcome = {
-                    let mut s = peer.session();
-                    let r = s.on_response(
-                        &msg.bytes,
-                        src_bytes,
-                        under_load,
-                        now,
-                        &mut self.rng,
-                        &mut reply,
-                    );
-                    if let Ok(ResponseOutcome::Established) = r {
-                        let theirs = s.peer_flags().unwrap_or_default();
-                        if let Some(why) =
-                            flags_mismatch(peer.local_flags, theirs, "this side", "the server")
-                        {
-                            s.reset();
-                            publish(&peer, &s, now, shared.epoch);
-                            drop(s);
-                            shared.drop_packet(DropReason::HandshakeRefused, || {
-                                format!("peer {} refused: settings differ ({why})", peer.name())
-                            });
-                            return;
-                        }
-                        publish(&peer, &s, now, shared.epoch);
-                    }
-                    r
-                };
-                match outcome {
-                    Ok(ResponseOutcome::Established) => {
-                        peer.traffic.handshakes.fetch_add(1, Ordering::Relaxed);
-                        if let PeerAddr::Tcp(c) = &msg.src {
-                            c.authenticate(peer.slot);
-                        }
-                        peer.set_endpoint(msg.src.clone());
-                        log_handshake(&peer, Some(&msg.src));
-                        self.service(&peer).await;
-                    }
-                    Ok(ResponseOutcome::CookieReply(n)) => {
-                        shared.drops.count(DropReason::Cookie);
-                        shared.transmit(&reply[..n], &msg.src).await;
-                    }
-                    Err(e) => shared.drop_packet(DropReason::HandshakeInvalid, || {
-                        format!("response from {}: {e}", msg.src)
-                    }),
-                }
+                peer.publish(&s, now, shared.epoch);
             }
-            _ => shared.drops.count(DropReason::Malformed),
+            r
+        };
+        match outcome {
+            Ok(ResponseOutcome::Established) => {
+                peer.traffic.handshakes.fetch_add(1, Ordering::Relaxed);
+                if let PeerAddr::Tcp(c) = src {
+                    c.authenticate(peer.slot);
+                }
+                peer.set_endpoint(src.clone());
+                log_handshake(peer, Some(src));
+                self.service(peer).await;
+            }
+            Ok(ResponseOutcome::CookieReply(n)) => {
+                shared.drops.count(DropReason::Cookie);
+                shared.transmit(&reply[..n], src).await;
+            }
+            Err(e) => shared.drop_packet(DropReason::HandshakeInvalid, || {
+                format!("response from {src}: {e}")
+            }),
+        }
+    }
+
+    /// A cookie reply to our initiation: the next initiation carries mac2.
+    fn cookie_reply(&mut self, m: &CookieReply<[u8; 64]>, src: &PeerAddr) {
+        let shared = &self.shared;
+        let index = m.receiver();
+        let table = shared.peers.load();
+        let Some(peer) = table.by_receiver(index) else {
+            shared.drop_packet(DropReason::UnknownIndex, || {
+                format!("cookie reply for index {index:#010x} from {src}")
+            });
+            return;
+        };
+        if let Err(e) = peer.session().on_cookie_reply(m.as_bytes(), Instant::now()) {
+            shared.drop_packet(DropReason::HandshakeInvalid, || {
+                format!("cookie reply from {src}: {e}")
+            });
         }
     }
 }
@@ -419,15 +438,15 @@ fn log_handshake(peer: &Peer, ep: Option<&PeerAddr>) {
 }
 
 /// The bytes a cookie is bound to: the source address and port.
-fn addr_bytes(addr: std::net::SocketAddr) -> ([u8; 18], usize) {
+fn addr_bytes(addr: SocketAddr) -> ([u8; 18], usize) {
     let mut b = [0u8; 18];
     match addr {
-        std::net::SocketAddr::V4(a) => {
+        SocketAddr::V4(a) => {
             b[..4].copy_from_slice(&a.ip().octets());
             b[4..6].copy_from_slice(&a.port().to_be_bytes());
             (b, 6)
         }
-        std::net::SocketAddr::V6(a) => {
+        SocketAddr::V6(a) => {
             b[..16].copy_from_slice(&a.ip().octets());
             b[16..18].copy_from_slice(&a.port().to_be_bytes());
             (b, 18)

@@ -16,7 +16,7 @@ use ferrotun_device::AsyncQueue;
 use ferrotun_device::vnet::Offloads;
 
 /// The device queues and their offload state.
-pub struct Tun {
+pub(crate) struct Tun {
     queues: Vec<AsyncQueue>,
     offloads: Option<Offloads>,
 }
@@ -24,23 +24,23 @@ pub struct Tun {
 impl Tun {
     /// At least one queue; `offloads` is `Some` when the device was opened with a
     /// virtio-net header.
-    pub fn new(queues: Vec<AsyncQueue>, offloads: Option<Offloads>) -> Tun {
+    pub(crate) fn new(queues: Vec<AsyncQueue>, offloads: Option<Offloads>) -> Tun {
         assert!(!queues.is_empty(), "a device has at least one queue");
         Tun { queues, offloads }
     }
 
     /// How many queues there are.
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.queues.len()
     }
 
     /// Queue `i` (modulo the number of queues).
-    pub fn queue(&self, i: usize) -> &AsyncQueue {
+    pub(crate) fn queue(&self, i: usize) -> &AsyncQueue {
         &self.queues[i % self.queues.len()]
     }
 
     /// The offloads on, if the device has a virtio-net header.
-    pub fn offloads(&self) -> Option<Offloads> {
+    pub(crate) fn offloads(&self) -> Option<Offloads> {
         self.offloads
     }
 
@@ -48,7 +48,7 @@ impl Tun {
     /// With a virtio-net header the [`ferrotun_device::VNET_HDR_LEN`] bytes before `start`
     /// are overwritten with an empty header, so `start` must leave room for it (every
     /// buffer here has 16 bytes of headroom).
-    pub async fn write(
+    pub(crate) async fn write(
         &self,
         queue: usize,
         buf: &mut [u8],

@@ -18,15 +18,15 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 /// A MAC address.
-pub type Mac = [u8; 6];
+pub(crate) type Mac = [u8; 6];
 
 /// The port of the server's own TAP device.
-pub const LOCAL: u32 = u32::MAX;
+pub(crate) const LOCAL: u32 = u32::MAX;
 /// How long an address stays learned without traffic (IEEE 802.1D's default aging time).
-pub const MAX_AGE: Duration = Duration::from_secs(300);
+pub(crate) const MAX_AGE: Duration = Duration::from_secs(300);
 /// At most this many addresses are learned; beyond it new ones are flooded to (a full
 /// table must not let a peer grow our memory without bound).
-pub const MAX_ENTRIES: usize = 8192;
+pub(crate) const MAX_ENTRIES: usize = 8192;
 /// Refresh an entry's last-seen time at most this often (nanoseconds), to keep the hot
 /// path free of cache-line writes.
 const REFRESH_NS: u64 = 1_000_000_000;
@@ -39,18 +39,18 @@ struct Entry {
 
 /// The MAC table.
 #[derive(Debug, Default)]
-pub struct Switch {
+pub(crate) struct Switch {
     table: ArcSwap<HashMap<Mac, Arc<Entry>>>,
     write: Mutex<()>,
 }
 
 /// Whether a MAC is a group (broadcast or multicast) address.
-pub fn is_group(mac: &Mac) -> bool {
+pub(crate) fn is_group(mac: &Mac) -> bool {
     mac[0] & 1 != 0
 }
 
 /// The destination and source MACs of an Ethernet frame.
-pub fn macs(frame: &[u8]) -> Option<(Mac, Mac)> {
+pub(crate) fn macs(frame: &[u8]) -> Option<(Mac, Mac)> {
     let dst = frame.get(0..6)?.try_into().ok()?;
     let src = frame.get(6..12)?.try_into().ok()?;
     Some((dst, src))
@@ -58,7 +58,7 @@ pub fn macs(frame: &[u8]) -> Option<(Mac, Mac)> {
 
 impl Switch {
     /// Learns that `mac` sits behind `port`, at time `now` (any monotonic nanoseconds).
-    pub fn learn(&self, mac: Mac, port: u32, now: u64) {
+    pub(crate) fn learn(&self, mac: Mac, port: u32, now: u64) {
         if is_group(&mac) {
             return;
         }
@@ -88,7 +88,7 @@ impl Switch {
     }
 
     /// The port behind which `mac` was learned.
-    pub fn lookup(&self, mac: &Mac) -> Option<u32> {
+    pub(crate) fn lookup(&self, mac: &Mac) -> Option<u32> {
         self.table
             .load()
             .get(mac)
@@ -97,7 +97,7 @@ impl Switch {
 
     /// Forgets addresses not seen since `now - MAX_AGE`, and every address behind a port
     /// for which `gone` says true (a removed peer). Returns how many were forgotten.
-    pub fn age(&self, now: u64, gone: impl Fn(u32) -> bool) -> usize {
+    pub(crate) fn age(&self, now: u64, gone: impl Fn(u32) -> bool) -> usize {
         let max = MAX_AGE.as_nanos() as u64;
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.table.load_full();
@@ -119,13 +119,8 @@ impl Switch {
     }
 
     /// How many addresses are learned.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.table.load().len()
-    }
-
-    /// Whether no address is learned.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -153,7 +148,7 @@ mod tests {
         assert_eq!(s.lookup(&B), None);
         assert_eq!(s.lookup(&A), Some(2));
         assert_eq!(s.age(11 + max, |p| p == 2), 1, "A's port went away");
-        assert!(s.is_empty());
+        assert_eq!(s.len(), 0);
     }
 
     #[test]
@@ -161,7 +156,7 @@ mod tests {
         let s = Switch::default();
         s.learn([0xff; 6], 1, 0);
         s.learn([0x01, 0, 0x5e, 0, 0, 1], 1, 0);
-        assert!(s.is_empty());
+        assert_eq!(s.len(), 0);
         assert!(is_group(&[0xff; 6]) && is_group(&[0x33, 0x33, 0, 0, 0, 1]) && !is_group(&A));
         for i in 0..(MAX_ENTRIES + 10) {
             let b = (i as u32).to_be_bytes();

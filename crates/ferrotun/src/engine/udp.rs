@@ -7,9 +7,9 @@
 //! size, not at the `iovec` boundaries.
 //!
 //! GSO is probed when the socket is set up; a send that fails with EIO or EINVAL (a driver
-//! or kernel that advertises GSO but cannot do it; DESIGN.md notes Linux 7.0–7.1.4) turns
-//! segmentation off for the socket, and the batch that failed is sent again one datagram at
-//! a time, so nothing is lost to the fallback. Operators can turn offloads off entirely
+//! or kernel that advertises GSO but cannot do it: docs/architecture.md, "Linux
+//! pitfalls", names Linux 7.0–7.1.4) turns segmentation off for the socket, and the batch
+//! that failed is sent again one datagram at a time, so nothing is lost to the fallback. Operators can turn offloads off entirely
 //! (`offload = false`).
 
 use std::io::{self, IoSlice, IoSliceMut};
@@ -26,7 +26,7 @@ use tokio::net::UdpSocket;
 const MAX_GSO_BYTES: usize = 65000;
 
 /// A UDP socket with batched I/O where the kernel allows it.
-pub struct UdpIo {
+pub(crate) struct UdpIo {
     sock: UdpSocket,
     state: Option<UdpSocketState>,
     v6: bool,
@@ -61,7 +61,7 @@ fn segment_cmsg(size: u16) -> [u8; SEGMENT_CMSG_SPACE] {
 impl UdpIo {
     /// Wraps a bound socket; with `offload`, GSO and GRO are used when supported. Must run
     /// inside a tokio runtime.
-    pub fn new(sock: std::net::UdpSocket, offload: bool) -> io::Result<UdpIo> {
+    pub(crate) fn new(sock: std::net::UdpSocket, offload: bool) -> io::Result<UdpIo> {
         sock.set_nonblocking(true)?;
         let v6 = sock.local_addr()?.is_ipv6();
         let state = if offload {
@@ -78,12 +78,12 @@ impl UdpIo {
     }
 
     /// The local address.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
         self.sock.local_addr()
     }
 
     /// How many datagrams one send may carry (1 without GSO).
-    pub fn max_segments(&self) -> usize {
+    pub(crate) fn max_segments(&self) -> usize {
         if self.gso_failed.load(Ordering::Relaxed) {
             return 1;
         }
@@ -91,12 +91,12 @@ impl UdpIo {
     }
 
     /// How many datagrams one received buffer may hold (1 without GRO).
-    pub fn gro_segments(&self) -> usize {
+    pub(crate) fn gro_segments(&self) -> usize {
         self.state.as_ref().map_or(1, |s| s.gro_segments())
     }
 
     /// The most datagrams of `size` bytes one send may carry.
-    pub fn segments_for(&self, size: usize) -> usize {
+    pub(crate) fn segments_for(&self, size: usize) -> usize {
         self.max_segments().min(MAX_GSO_BYTES / size.max(1)).max(1)
     }
 
@@ -110,7 +110,7 @@ impl UdpIo {
     }
 
     /// Sends one datagram to `dest`.
-    pub async fn send(&self, dest: SocketAddr, contents: &[u8]) -> io::Result<()> {
+    pub(crate) async fn send(&self, dest: SocketAddr, contents: &[u8]) -> io::Result<()> {
         let destination = self.wire_addr(dest);
         let Some(state) = &self.state else {
             self.sock.send_to(contents, destination).await?;
@@ -133,7 +133,7 @@ impl UdpIo {
     /// Sends `datagrams` to `dest` in one system call with UDP GSO: all but the last must
     /// be `segment` bytes long, the last may be shorter. With one datagram, or when GSO
     /// failed before, they go one at a time.
-    pub async fn send_segments(
+    pub(crate) async fn send_segments(
         &self,
         dest: SocketAddr,
         datagrams: &[IoSlice<'_>],
@@ -176,7 +176,7 @@ impl UdpIo {
 
     /// Receives up to `bufs.len()` buffers of datagrams; `metas[i]` says how many bytes
     /// `bufs[i]` holds, from whom, and the stride between coalesced datagrams.
-    pub async fn recv(
+    pub(crate) async fn recv(
         &self,
         bufs: &mut [IoSliceMut<'_>],
         metas: &mut [RecvMeta],
