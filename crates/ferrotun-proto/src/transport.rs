@@ -889,6 +889,43 @@ mod tests {
     }
 
     #[test]
+    fn a_parsed_message_opens_where_it_lies() {
+        let (a, b) = pair(AeadBackend::Ring);
+        // Two messages back to back; the second is opened where it lies in the buffer.
+        let mut buf = vec![0u8; 2 * 96];
+        let mut one = [0u8; 96];
+        one[16..16 + 40].copy_from_slice(&ipv4(40));
+        let n = a.seal(PayloadFlags::NONE, 40, &mut one, 1420).unwrap();
+        buf[..n].copy_from_slice(&one[..n]);
+        let n2 = a.seal(PayloadFlags::ETHERNET, 40, &mut one, 1420).unwrap();
+        buf[n..n + n2].copy_from_slice(&one[..n2]);
+        let second = Received::parse(&buf[n..n + n2], n).unwrap();
+        assert_eq!(second.header.counter, 1);
+        assert_eq!(
+            b.open_one(&mut buf, &second),
+            Ok((PayloadFlags::ETHERNET, n + 16..n + 16 + 40))
+        );
+        assert_eq!(
+            b.open_one(&mut buf, &second),
+            Err(TransportError::Replay { counter: 1 })
+        );
+        // A message that does not lie in the buffer, or is shorter than a header and tag,
+        // is refused without touching anything.
+        let first = Received::parse(&buf[..n], 0).unwrap();
+        let beyond = Received {
+            at: buf.len() - 10..buf.len() + n - 10,
+            header: first.header,
+        };
+        assert_eq!(b.open_one(&mut buf, &beyond), Err(TransportError::Overlap));
+        let short = Received {
+            at: 0..31,
+            header: first.header,
+        };
+        assert_eq!(b.open_one(&mut buf, &short), Err(TransportError::Overlap));
+        assert_eq!(b.open_one(&mut buf, &first).unwrap().0, PayloadFlags::NONE);
+    }
+
+    #[test]
     fn replayed_data_rejected() {
         let (a, b) = pair(AeadBackend::Ring);
         let mut buf = vec![0u8; 64];

@@ -1,8 +1,9 @@
 //! The control socket: a unix socket through which `show` asks a running tunnel for its
 //! status. It answers two read-only requests, `show` and `show json`, and nothing else.
 //!
-//! One socket per instance (docs/architecture.md, "The control socket"): `/run/ferrotun/<interface>.sock`
-//! unless the config (`control_socket`) or the command line (`--socket`) names another.
+//! One socket per instance (docs/architecture.md, "The control socket"):
+//! `/run/ferrotun/<interface>.sock` unless the config (`control_socket`) or the command
+//! line (`--socket`) names another.
 //! `/run` is shared by every network namespace of a host, so before binding we look:
 //! a socket file that answers belongs to a live instance and we refuse to start ("in
 //! use"); one that refuses connections is stale and is replaced. The socket is created

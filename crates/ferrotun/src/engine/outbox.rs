@@ -50,6 +50,41 @@ struct Queued {
     sealed: bool,
 }
 
+impl Queued {
+    fn new(slot: usize, len: usize, to: PeerAddr) -> Queued {
+        Queued {
+            slot,
+            len,
+            to,
+            sealed: true,
+        }
+    }
+}
+
+/// Per-peer LZ4 compressors (each adapts to its peer's traffic) and their output buffer.
+#[derive(Default)]
+struct Lz4 {
+    compressors: HashMap<u32, Compressor>,
+    scratch: Vec<u8>,
+}
+
+impl Lz4 {
+    /// Compresses the packet of `len` bytes behind the header room of `buf` in place, if
+    /// that makes it smaller; returns its new length.
+    fn shrink(&mut self, peer: u32, buf: &mut [u8], len: usize) -> Option<usize> {
+        if self.scratch.is_empty() {
+            self.scratch = vec![0u8; ferrotun_proto::compress::compress_bound(buf.len()) + 64];
+        }
+        let c = self.compressors.entry(peer).or_default();
+        let n = c.compress(
+            &buf[DATA_HEADER_LEN..DATA_HEADER_LEN + len],
+            &mut self.scratch,
+        )?;
+        buf[DATA_HEADER_LEN..DATA_HEADER_LEN + n].copy_from_slice(&self.scratch[..n]);
+        Some(n)
+    }
+}
+
 /// See the module docs. One per task that sends data.
 pub(crate) struct Outbox {
     /// The slots, allocated on first use.
@@ -67,8 +102,7 @@ pub(crate) struct Outbox {
     queue: Vec<Queued>,
     pending: Vec<Prepared>,
     runs: Vec<(usize, Arc<Keypair>)>,
-    compressors: HashMap<u32, Compressor>,
-    scratch: Vec<u8>,
+    lz4: Lz4,
     /// The traffic of this batch's messages, added to their peers' counters at the flush.
     tally: Tally,
     /// The endpoint and keypair of the peer the last message went to: a batch for one
@@ -100,8 +134,7 @@ impl Outbox {
             queue: Vec::with_capacity(slots),
             pending: Vec::with_capacity(slots),
             runs: Vec::new(),
-            compressors: HashMap::new(),
-            scratch: Vec::new(),
+            lz4: Lz4::default(),
             tally: Tally::sent(),
             seen: None,
         }
@@ -165,7 +198,8 @@ impl Outbox {
 
     /// Forgets the compressors of peers that are gone.
     pub(crate) fn forget_gone(&mut self, table: &PeerTable) {
-        self.compressors
+        self.lz4
+            .compressors
             .retain(|slot, _| table.get(*slot).is_some());
     }
 
@@ -206,17 +240,12 @@ impl Outbox {
             (Mode::Tun, false) => PayloadFlags::NONE,
         };
         let mut payload = len;
-        if compress && peer.config.compress {
-            if self.scratch.is_empty() {
-                self.scratch = vec![0u8; ferrotun_proto::compress::compress_bound(stride) + 64];
-            }
-            let c = self.compressors.entry(peer.slot).or_default();
-            let src = &buf[DATA_HEADER_LEN..DATA_HEADER_LEN + len];
-            if let Some(n) = c.compress(src, &mut self.scratch) {
-                buf[DATA_HEADER_LEN..DATA_HEADER_LEN + n].copy_from_slice(&self.scratch[..n]);
-                payload = n;
-                flags = flags.union(PayloadFlags::COMPRESSED);
-            }
+        if compress
+            && peer.config.compress
+            && let Some(n) = self.lz4.shrink(peer.slot, buf, len)
+        {
+            payload = n;
+            flags = flags.union(PayloadFlags::COMPRESSED);
         }
         match kp.prepare(flags, payload, buf, mtu, at) {
             Ok(p) => {
@@ -224,12 +253,8 @@ impl Outbox {
                     Some((count, k)) if Arc::ptr_eq(k, kp) => *count += 1,
                     _ => self.runs.push((1, Arc::clone(kp))),
                 }
-                self.queue.push(Queued {
-                    slot,
-                    len: p.datagram_len(),
-                    to,
-                    sealed: true,
-                });
+                let len_out = p.datagram_len();
+                self.queue.push(Queued::new(slot, len_out, to));
                 self.pending.push(p);
                 self.tally.count(peer, len, payload);
                 peer.notes.sent.store(shared.stamp(now), Ordering::Relaxed);

@@ -342,8 +342,7 @@ impl Drop for Tally {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferrotun_device::Mode;
-    use ferrotun_proto::{AeadBackend, Identity, PrivateKey};
+    use ferrotun_proto::{Identity, PrivateKey, SessionIndex};
 
     fn peer(slot: u32) -> Arc<Peer> {
         let identity = Arc::new(Identity::new(PrivateKey::from_bytes([0x11; 32])));
@@ -355,7 +354,9 @@ mod tests {
             compress: false,
             keepalive: None,
         };
-        super::super::table::make_peer(&identity, Mode::Tun, slot, &pc, AeadBackend::Ring).unwrap()
+        let index = SessionIndex::new(slot).unwrap();
+        let session = Session::new(identity, pc.public_key, None, index, Default::default());
+        Arc::new(Peer::new(slot, pc, HandshakeFlags::NONE, session.unwrap()))
     }
 
     fn tx(p: &Peer) -> [u64; 3] {
