@@ -18,7 +18,7 @@ use crate::handshake::{PeerHandshake, Phase1, ResponseVerdict, Tai64N};
 use crate::ip::ip_packet_len;
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 use crate::tcp::StreamDecoder;
-use crate::transport::{Keypair, TransportError, padded_len};
+use crate::transport::{Keypair, Received, TransportError, padded_len};
 use crate::wire::{
     CookieReply, DATA_HEADER_LEN, DataMessage, HandshakeFlags, Initiation, Message, PayloadFlags,
     Response, initiation,
@@ -276,8 +276,11 @@ const BATCH_MTU: usize = 1420;
 /// Checks: the batch seals every message to the bytes one-by-one sealing with ring gives;
 /// `open_many` gives, message by message, what `open` gives (but for the one case where
 /// the batch's order of checks tells a forgery apart differently, below); a changed
-/// message never opens, and an unchanged one opens to its payload and flags; the pristine
-/// batch opened again is a replay exactly where the first opening succeeded.
+/// message never opens, and an unchanged one opens to its payload and flags; the same
+/// 3-byte changes, read again as a position, a message and a length, place real headers
+/// anywhere in the pristine batch, and only a message where it lies under its own header
+/// opens (inside the buffer); the pristine batch opened again is a replay exactly where
+/// the first opening succeeded.
 pub fn data_batch(data: &[u8]) {
     let Some((&mode, mut rest)) = data.split_first() else {
         return;
@@ -364,6 +367,44 @@ pub fn data_batch(data: &[u8]) {
             Err(_) => assert!(changed, "an unchanged message did not open"),
         }
     }
+    // Messages placed anywhere, with any real header: only a message exactly where it
+    // lies, under its own header, may open; nothing panics or reaches outside the buffer.
+    let (_, fresh) = keypairs(backend_of(mode), now);
+    let mut anywhere = sealed.clone();
+    let placed: Vec<Received> = rest
+        .chunks_exact(3)
+        .filter(|_| !ranges.is_empty())
+        .map(|e| {
+            let start = usize::from(u16::from_le_bytes([e[0], e[1]])) % (at + 64);
+            let of = &ranges[usize::from(e[2]) % ranges.len()];
+            let len = if e[2] & 0x80 == 0 {
+                of.len()
+            } else {
+                usize::from(e[2])
+            };
+            let header = Received::parse(&sealed[of.clone()], of.start)
+                .expect("a sealed message parses")
+                .header;
+            Received {
+                at: start..start + len,
+                header,
+            }
+        })
+        .collect();
+    let mut placed_out = Vec::new();
+    fresh.open_many(&mut anywhere, &placed, &mut placed_out);
+    assert_eq!(placed_out.len(), placed.len());
+    for (m, o) in placed.iter().zip(&placed_out) {
+        if let Ok((_, payload)) = o {
+            let real = Received::parse(&sealed[m.at.clone()], m.at.start);
+            assert!(
+                ranges.contains(&m.at) && real.as_ref().map(|r| r.header) == Ok(m.header),
+                "a message opened away from where it lies, or under another header"
+            );
+            assert!(payload.end <= m.at.end && payload.start >= m.at.start);
+        }
+    }
+
     // The batch again, unchanged: what opened is a replay now, what did not opens.
     let mut again = sealed;
     let mut second = Vec::new();

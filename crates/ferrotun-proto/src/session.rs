@@ -304,10 +304,10 @@ impl Session {
     pub fn peer_flags(&self) -> Option<HandshakeFlags> {
         self.peer_flags
     }
-    /// The keypair data is sent with. A multi-core data path may seal and open with it
-    /// directly (its methods take `&self`), but then the session's timers do not see
-    /// those packets: such a path must still pass a packet through
-    /// [`Session::encapsulate`]/[`Session::decapsulate`] often enough (at least once per
+    /// The keypair data is sent with. A data path outside the session may seal and open
+    /// with it directly (its methods take `&self`), but then the session's timers do not
+    /// see those packets: such a path reports them through [`Session::note_sent`] and
+    /// [`Session::note_received`] (see `session/split.rs`) often enough (at least once per
     /// KEEPALIVE_TIMEOUT) for keepalives and rekeys to happen on time.
     pub fn current_keypair(&self) -> Option<Arc<Keypair>> {
         self.current.clone()

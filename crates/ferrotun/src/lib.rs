@@ -1,10 +1,10 @@
 //! ferrotun: a VTun-style encrypted tunnel VPN for Linux.
 //!
 //! This crate is the engine behind the `ferrotun-server` and `ferrotun-client` binaries:
-//! configuration files ([`config`]), the peer table and cryptokey routing ([`routing`]),
-//! the tokio driver that joins the TUN/TAP device ([`ferrotun_device`]), the protocol
-//! sessions ([`ferrotun_proto`]) and the UDP socket ([`engine`]), hooks ([`hooks`]) and
-//! counters ([`stats`]). The binaries are thin front ends over [`cli::main`].
+//! configuration files, cryptokey routing ([`routing`]), the tokio driver that joins the
+//! TUN/TAP device ([`ferrotun_device`]), the protocol sessions ([`ferrotun_proto`]) and the
+//! sockets, hooks and counters. The binaries are thin front ends over [`cli::main`]; only
+//! `cli` and `routing` (for its benchmark) are public. docs/architecture.md is the map.
 
 #![warn(missing_docs)]
 

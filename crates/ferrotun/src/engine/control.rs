@@ -21,8 +21,8 @@ use tokio::sync::{mpsc, watch};
 use crate::stats::DropReason;
 
 use super::addr::PeerAddr;
-use super::outbox::{Outbox, SLOTS};
-use super::peer::{Peer, stamp, unstamp};
+use super::outbox::Outbox;
+use super::peer::{MAX_STAGED, Peer, stamp, unstamp};
 use super::shared::{Inbound, Shared};
 use super::switch::LOCAL;
 use super::table::flags_mismatch;
@@ -45,7 +45,7 @@ pub(crate) async fn run(
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut ctl = Control {
-        out: Outbox::new(&shared, 0, 0, SLOTS),
+        out: Outbox::new(&shared, 0, 0, MAX_STAGED),
         shared,
         rng: OsEntropy,
         buf: vec![0u8; 256],
@@ -127,7 +127,6 @@ impl Control {
         let now = Instant::now();
         let epoch = self.shared.epoch;
         let mut transmits: Vec<(Vec<u8>, PeerAddr)> = Vec::new();
-        let mut flush: Vec<Vec<u8>> = Vec::new();
         let mut gave_up = false;
         {
             let mut s = peer.session();
@@ -194,11 +193,11 @@ impl Control {
                         }
                     }
                     Ok(Some(Transmit::FlushQueue)) => {
-                        let before = flush.len();
-                        flush.extend(peer.staged().drain(..));
-                        if flush.len() > before {
-                            // They go out below with the current keypair: data sent, as
-                            // far as the timers care (and no confirming keepalive).
+                        // The packets that waited are prepared now, with the keypair the
+                        // session just made current, ahead of anything sent below; what
+                        // went counts as data sent (so no confirming keepalive follows).
+                        peer.publish(&s, now, epoch);
+                        if self.flush_staged(peer, now) {
                             s.note_sent(now);
                         }
                     }
@@ -228,20 +227,34 @@ impl Control {
                 "no handshake for 90 s: giving up until there is traffic again"
             );
         }
+        // Staged packets first, as they were prepared first.
+        self.out.flush(&self.shared).await;
         for (bytes, ep) in transmits {
             self.shared.transmit(&bytes, &ep).await;
         }
-        // The packets that waited go out with the keypair just published, as any data
-        // does (a packet that finds none is staged again).
-        for packet in flush {
-            if !self.out.has_room() {
-                self.out.flush(&self.shared).await;
-            }
+    }
+
+    /// Prepares every packet that waited for `peer`'s handshake in the control task's
+    /// outbox (sent at the end of [`Control::service`]); true if any was prepared. The
+    /// outbox holds a whole staging queue; a packet that finds no room (which cannot
+    /// happen while each service flushes it) stays staged.
+    fn flush_staged(&mut self, peer: &Arc<Peer>, now: Instant) -> bool {
+        let mut staged = std::mem::take(&mut *peer.staged());
+        let mut any = false;
+        while self.out.has_room()
+            && let Some(packet) = staged.pop_front()
+        {
             let slot = self.out.copy_in(&packet);
-            self.out
+            any |= self
+                .out
                 .prepare(&self.shared, peer, slot, packet.len(), now, false, false);
         }
-        self.out.flush(&self.shared).await;
+        if !staged.is_empty() {
+            let mut queue = peer.staged();
+            staged.append(&mut queue);
+            *queue = staged;
+        }
+        any
     }
 
     async fn handle(&mut self, msg: Inbound, under_load: bool) {

@@ -12,8 +12,8 @@
 //!   keypairs published to the data paths, packets that waited for a handshake;
 //! - a client's **connector** ([`client`]) keeps the server reachable.
 //!
-//! Both data paths run on one thread and share no lock; a path whose input stays ready
-//! gives the thread up after a turn ([`turn`]).
+//! The data paths share the runtime's threads (one on two cores) and no lock; a path whose
+//! input stays ready gives its thread up after a turn ([`turn`]).
 
 pub(crate) mod addr;
 pub(crate) mod client;

@@ -140,9 +140,13 @@ impl Outbox {
         }
     }
 
-    fn arena(&mut self) -> &mut [u8] {
-        if self.arena.is_empty() {
-            self.arena = vec![0u8; self.slots * self.stride];
+    /// The arena, grown to hold slots `..=slot`: it grows to the most slots a flush ever
+    /// held (an outbox that only forwards a few frames, or one that is never used, stays
+    /// small).
+    fn arena_to(&mut self, slot: usize) -> &mut [u8] {
+        let need = (slot + 1) * self.stride;
+        if self.arena.len() < need {
+            self.arena.resize(need, 0);
         }
         &mut self.arena
     }
@@ -154,7 +158,7 @@ impl Outbox {
             "an outbox read into has SLOTS input slots"
         );
         let stride = self.stride;
-        let mut chunks = self.arena().chunks_exact_mut(stride);
+        let mut chunks = self.arena_to(SLOTS - 1).chunks_exact_mut(stride);
         std::array::from_fn(|_| chunks.next().expect("the arena holds SLOTS input slots"))
     }
 
@@ -174,7 +178,7 @@ impl Outbox {
     pub(crate) fn copy_in(&mut self, packet: &[u8]) -> usize {
         let slot = self.take_slot();
         let at = slot * self.stride + DATA_HEADER_LEN;
-        self.arena()[at..at + packet.len()].copy_from_slice(packet);
+        self.arena_to(slot)[at..at + packet.len()].copy_from_slice(packet);
         slot
     }
 
@@ -183,7 +187,7 @@ impl Outbox {
     pub(crate) fn copy_slot(&mut self, from: usize, len: usize) -> usize {
         let slot = self.take_slot();
         let (stride, h) = (self.stride, DATA_HEADER_LEN);
-        self.arena().copy_within(
+        self.arena_to(slot).copy_within(
             from * stride + h..from * stride + h + len,
             slot * stride + h,
         );
@@ -205,7 +209,8 @@ impl Outbox {
 
     /// Prepares the packet of `len` bytes in slot `slot` for `peer` (see the module docs).
     /// `partial`: its TCP or UDP checksum is partial (the message says so). `compress`:
-    /// it may be compressed (false for frames passed on as they came).
+    /// it may be compressed (false for frames passed on as they came). Returns whether it
+    /// was prepared (false: staged, or dropped and counted).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn prepare(
         &mut self,
@@ -216,23 +221,26 @@ impl Outbox {
         now: Instant,
         partial: bool,
         compress: bool,
-    ) {
+    ) -> bool {
         let seen = seen_for(&mut self.seen, peer);
         let Some(to) = seen.endpoint.clone() else {
             shared.drop_for(peer, DropReason::NoEndpoint, || {
                 format!("peer {} has not connected yet", peer.name())
             });
-            return;
+            return false;
         };
-        if self.arena.is_empty() {
-            self.arena = vec![0u8; self.slots * self.stride];
-        }
         let (stride, mtu) = (self.stride, shared.settings.mtu);
         let at = slot * stride;
-        let buf = &mut self.arena[at..at + stride];
+        let Some(buf) = self.arena.get_mut(at..at + stride) else {
+            // A slot nobody filled: the caller's mistake, and nothing to send.
+            shared.drop_packet(DropReason::TooBig, || {
+                format!("slot {slot} was never filled")
+            });
+            return false;
+        };
         let Some(kp) = seen.keypair.as_ref().filter(|k| k.usable(now)) else {
             stage(shared, peer, buf, len, partial);
-            return;
+            return false;
         };
         let mut flags = match (shared.settings.mode, partial) {
             (Mode::Tap, _) => PayloadFlags::ETHERNET,
@@ -261,6 +269,7 @@ impl Outbox {
                 if kp.wants_rekey(now) {
                     peer.want_handshake(&shared.wake);
                 }
+                return true;
             }
             Err(TransportError::CounterExhausted) if payload == len => {
                 stage(shared, peer, buf, len, partial);
@@ -269,6 +278,7 @@ impl Outbox {
                 format!("sealing for {}: {e}", peer.name())
             }),
         }
+        false
     }
 
     /// Seals every prepared message and sends them, in the order they were prepared. A
@@ -359,6 +369,9 @@ async fn transmit(shared: &Shared, socket: usize, arena: &[u8], stride: usize, q
         }
         if let Err(e) = udp.send_segments(dest, &run[..n], q.len).await {
             shared.drop_packet(DropReason::SendFailed, || format!("sending to {dest}: {e}"));
+            for _ in 1..n {
+                shared.drops.count(DropReason::SendFailed);
+            }
         }
     }
 }

@@ -90,8 +90,6 @@ pub(crate) struct Peer {
     allowed_ips: ArcSwap<Vec<IpNet>>,
     /// Session state for `show` and the connector.
     pub(crate) status: Status,
-    /// Set when the peer was removed or replaced by a reload.
-    pub(crate) removed: AtomicBool,
     /// The keypair the send path seals with.
     pub(crate) send_keypair: ArcSwapOption<Keypair>,
     /// Every keypair the receive path may open with.
@@ -127,7 +125,6 @@ impl Peer {
             endpoint: ArcSwapOption::empty(),
             allowed_ips,
             status: Status::default(),
-            removed: AtomicBool::new(false),
             send_keypair: ArcSwapOption::empty(),
             recv_keypairs: ArcSwap::from_pointee(Vec::new()),
             next_index: AtomicU32::new(0),
@@ -199,7 +196,6 @@ impl Peer {
 
     /// Cuts the peer off: closes its TCP connection, forgets its address.
     pub(crate) fn disconnect(&self) {
-        self.removed.store(true, Ordering::Relaxed);
         if let Some(PeerAddr::Tcp(c)) = self.endpoint.swap(None).as_deref() {
             c.close();
         }

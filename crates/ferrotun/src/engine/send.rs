@@ -4,7 +4,7 @@
 //! into packets) straight into the [`Outbox`]'s slots, routes each to its peer (cryptokey
 //! routing in TUN mode; in TAP mode a client sends everything to its server and a server
 //! switches by MAC address, flooding what it does not know), prepares it there, and
-//! flushes the outbox once per batch.
+//! flushes the outbox once per batch (and whenever a flood fills its copy slots).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -150,7 +150,9 @@ async fn switch_frame(
     };
     match target.map(|port| (port, table.get(port))) {
         Some((LOCAL, _)) => shared.drops.count(DropReason::Hairpin),
-        Some((_, Some(peer))) => out.prepare(shared, peer, slot, len, now, false, true),
+        Some((_, Some(peer))) => {
+            out.prepare(shared, peer, slot, len, now, false, true);
+        }
         _ => {
             for peer in table.peers().filter(|p| p.endpoint().is_some()) {
                 if !out.has_room() {

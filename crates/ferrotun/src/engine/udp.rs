@@ -9,8 +9,8 @@
 //! GSO is probed when the socket is set up; a send that fails with EIO or EINVAL (a driver
 //! or kernel that advertises GSO but cannot do it: docs/architecture.md, "Linux
 //! pitfalls", names Linux 7.0–7.1.4) turns segmentation off for the socket, and the batch
-//! that failed is sent again one datagram at a time, so nothing is lost to the fallback. Operators can turn offloads off entirely
-//! (`offload = false`).
+//! that failed is sent again one datagram at a time, so nothing is lost to the fallback.
+//! Operators can turn offloads off entirely (`offload = false`).
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::size_of;

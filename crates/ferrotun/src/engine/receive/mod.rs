@@ -19,7 +19,7 @@
 //!    ([`check_ip`]); in TAP mode the learning switch picks the port ([`Batch::switch`]);
 //! 7. deliver: packets for the device are queued in one place ([`Deliveries`]) and written
 //!    when the batch ends ([`Batch::finish`]); frames for other peers go through the
-//!    batch's [`Outbox`], like everything that is sealed.
+//!    batch's [`Outbox`], like all data that is sealed.
 //!
 //! Every message is hostile until step 3 authenticated it: anything malformed, unknown,
 //! replayed or wrongly keyed is dropped, counted by reason and logged at a limited rate,
@@ -88,7 +88,12 @@ struct Payload {
 /// batch's packets go. See the module docs.
 pub(crate) struct Batch {
     now: Instant,
-    table: Arc<PeerTable>,
+    /// This batch's peer table: loaded by [`Batch::begin`], let go by [`Batch::finish`],
+    /// so that nothing (a removed peer's keys, say) is kept alive between batches.
+    table: Option<Arc<PeerTable>>,
+    /// The keypair the last run used, with its receiver index: a batch of one peer's
+    /// datagrams in several buffers looks it up once. Let go by [`Batch::finish`].
+    keypair: Option<(u32, Arc<Keypair>)>,
     deliveries: Deliveries,
     /// Frames a TAP server switches on to other peers.
     forward: Outbox,
@@ -105,13 +110,16 @@ pub(crate) struct Batch {
 impl Batch {
     /// A batch for a task that writes to device queue `queue` (a UDP receive task's own
     /// queue, so that all of a flow's packets enter the device through one queue) and
-    /// forwards through UDP socket `queue`.
-    pub(crate) fn new(shared: &Shared, queue: usize) -> Batch {
+    /// forwards through UDP socket `queue`, with room for `forwards` frames switched on to
+    /// other peers before the forwarding outbox is flushed (allocated on first use: only
+    /// a TAP server forwards).
+    pub(crate) fn new(shared: &Shared, queue: usize, forwards: usize) -> Batch {
         Batch {
             now: Instant::now(),
-            table: shared.peers.load_full(),
+            table: None,
+            keypair: None,
             deliveries: Deliveries::new(shared, queue),
-            forward: Outbox::new(shared, queue, 0, SLOTS),
+            forward: Outbox::new(shared, queue, 0, forwards),
             run: Vec::with_capacity(64),
             opened: Vec::with_capacity(64),
             tally: Tally::received(),
@@ -123,7 +131,7 @@ impl Batch {
     /// messages (a new table is seen from the next batch on).
     pub(crate) fn begin(&mut self, shared: &Shared) {
         self.now = Instant::now();
-        self.table = shared.peers.load_full();
+        self.table = Some(shared.peers.load_full());
     }
 
     /// Step 1: handles the messages at `msgs` (in order, apart) of buffer `bufs[k]`, which
@@ -195,12 +203,17 @@ impl Batch {
         if self.run.is_empty() {
             return;
         }
+        // Taken out of the batch for the run, so that they are borrowed, not cloned.
         let mut run = std::mem::take(&mut self.run);
         let mut opened = std::mem::take(&mut self.opened);
-        let table = Arc::clone(&self.table);
-        if let Some((peer, kp)) = lookup(shared, &table, &run, self.now, src) {
-            open(&kp, bufs[k].as_mut(), &run, &mut opened);
-            self.authenticated(shared, peer, &kp, src, &opened);
+        let table = self
+            .table
+            .take()
+            .unwrap_or_else(|| shared.peers.load_full());
+        let mut keypair = self.keypair.take();
+        if let Some((peer, kp)) = lookup(shared, &table, &mut keypair, &run, self.now, src) {
+            open(kp, bufs[k].as_mut(), &run, &mut opened);
+            self.authenticated(shared, peer, kp, src, &opened);
             for o in &opened {
                 match o {
                     Ok((flags, range)) => {
@@ -214,6 +227,8 @@ impl Batch {
         run.clear();
         self.run = run;
         self.opened = opened;
+        self.table = Some(table);
+        self.keypair = keypair;
     }
 
     /// Step 4: what an authenticated run from `peer` changes. The peer is at `src` now
@@ -419,6 +434,8 @@ impl Batch {
     pub(crate) async fn finish<B: AsMut<[u8]>>(&mut self, shared: &Shared, bufs: &mut [B]) {
         self.tally.flush();
         self.roamed = None;
+        self.table = None;
+        self.keypair = None;
         self.deliveries.flush(shared, bufs).await;
         self.forward.flush(shared).await;
     }
@@ -451,17 +468,28 @@ fn to_control(shared: &Shared, message: HandshakeMessage, src: Source<'_>) -> Ou
 }
 
 /// Step 2: the peer and keypair the run's receiver index names, if that keypair may still
-/// open; otherwise every message of the run is dropped and counted.
-fn lookup<'t>(
+/// open; otherwise every message of the run is dropped and counted. `last` keeps the
+/// keypair found for the next run.
+fn lookup<'t, 'k>(
     shared: &Shared,
     table: &'t PeerTable,
+    last: &'k mut Option<(u32, Arc<Keypair>)>,
     run: &[Received],
     now: Instant,
     src: Source<'_>,
-) -> Option<(&'t Arc<Peer>, Arc<Keypair>)> {
+) -> Option<(&'t Arc<Peer>, &'k Keypair)> {
     let receiver = run[0].header.receiver;
     let peer = table.by_receiver(receiver);
-    match (peer, peer.and_then(|p| p.recv_keypair(receiver))) {
+    if let Some(p) = peer
+        && last.as_ref().is_none_or(|(index, _)| *index != receiver)
+    {
+        *last = p.recv_keypair(receiver).map(|kp| (receiver, kp));
+    }
+    let kp = last
+        .as_ref()
+        .filter(|(index, _)| *index == receiver)
+        .map(|(_, kp)| &**kp);
+    match (peer, kp) {
         (Some(peer), Some(kp)) if kp.usable(now) => Some((peer, kp)),
         (Some(peer), Some(_)) => {
             for _ in run {
@@ -599,7 +627,7 @@ pub(crate) async fn udp_path(shared: Arc<Shared>, index: usize) -> anyhow::Resul
     let udp = shared.udp(index).context("no UDP socket")?;
     let mut bufs: Vec<Vec<u8>> = (0..RX_BUFFERS).map(|_| vec![0u8; RX_BUFFER_LEN]).collect();
     let mut metas = [quinn_udp::RecvMeta::default(); RX_BUFFERS];
-    let mut batch = Batch::new(&shared, index);
+    let mut batch = Batch::new(&shared, index, SLOTS);
     let mut turn = Turn::new(Instant::now());
     loop {
         let n = {
