@@ -94,7 +94,7 @@ cargo build --release --locked -p ferrotun-lab --bin ferrotun-wakeprobe >/dev/nu
 NULLTUN=$ROOT/target/release/examples/nulltun
 SERVER=$ROOT/target/release/ferrotun-server
 CLIENT=$ROOT/target/release/ferrotun-client
-# What a thread wake-up costs here, measured before the lab runs (see the README).
+# What a thread wake-up costs here, measured before the lab runs (see docs/benchmarks.md).
 WAKE=$("$ROOT/target/release/ferrotun-wakeprobe") || WAKE="wake-up probe failed"
 
 ip netns del "$A" 2>/dev/null || true
