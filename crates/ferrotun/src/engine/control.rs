@@ -27,8 +27,33 @@ use super::shared::{Inbound, Shared};
 use super::switch::LOCAL;
 use super::table::flags_mismatch;
 
-/// Above this many queued handshake messages the responder asks for cookies (mac2).
+/// From this many queued handshake messages on, the responder is under load: it asks for
+/// cookies (mac2) instead of doing a handshake's Diffie-Hellman work.
 const UNDER_LOAD: usize = 32;
+/// The load lasts this long after the queue was last that full (WireGuard's
+/// `UNDER_LOAD_AFTER_TIME`, one second). Without it, a dip of the queue below the mark
+/// (another task took the CPU for a moment) sends the responder back to a Diffie-Hellman
+/// per junk initiation, which takes the CPU from whatever fills the queue: a flood that
+/// is just a little slower than the responder then gets full handshake work for every
+/// message, and the load never shows again.
+const UNDER_LOAD_FOR: Duration = Duration::from_secs(1);
+
+/// Whether the responder is under load, with hysteresis ([`UNDER_LOAD_FOR`]).
+#[derive(Debug, Default)]
+struct Load {
+    until: Option<Instant>,
+}
+
+impl Load {
+    /// Notes that `queued` messages wait at `now`; returns whether the responder is
+    /// under load.
+    fn update(&mut self, queued: usize, now: Instant) -> bool {
+        if queued >= UNDER_LOAD {
+            self.until = Some(now + UNDER_LOAD_FOR);
+        }
+        self.until.is_some_and(|t| now < t)
+    }
+}
 /// The control task looks at every peer at least this often.
 const MAX_IDLE: Duration = Duration::from_secs(1);
 /// While the data paths leave notes (traffic flows), they are folded into the sessions
@@ -53,12 +78,13 @@ pub(crate) async fn run(
         aged_at: Instant::now(),
     };
     let mut next = Instant::now();
+    let mut load = Load::default();
     loop {
         let sleep = tokio::time::sleep_until(next.into());
         tokio::select! {
             msg = inbound.recv() => {
                 if let Some(msg) = msg {
-                    let under_load = inbound.len() >= UNDER_LOAD;
+                    let under_load = load.update(inbound.len(), Instant::now());
                     ctl.handle(msg, under_load).await;
                 }
             }
@@ -464,5 +490,27 @@ fn addr_bytes(addr: SocketAddr) -> ([u8; 18], usize) {
             b[16..18].copy_from_slice(&a.port().to_be_bytes());
             (b, 18)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_load_lasts_a_second_after_the_queue_was_last_full() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut load = Load::default();
+        assert!(!load.update(UNDER_LOAD - 1, t0), "below the mark: no load");
+        assert!(load.update(UNDER_LOAD, ms(10)));
+        // The queue drains: still under load for a second after it was last full.
+        assert!(load.update(0, ms(500)));
+        assert!(load.update(3, ms(1009)));
+        assert!(!load.update(3, ms(1010)));
+        // Full again: another second from then.
+        assert!(load.update(UNDER_LOAD + 10, ms(2000)));
+        assert!(load.update(0, ms(2999)));
+        assert!(!load.update(0, ms(3000)));
     }
 }
