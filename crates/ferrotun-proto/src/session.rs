@@ -54,10 +54,10 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Timer constants and per-peer options. Defaults are WireGuard's.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
-    /// Initiator rekeys a keypair this old (whitepaper §6.1: 120 s).
-    pub rekey_after_time: Duration,
-    /// No keypair older than this is used (180 s).
-    pub reject_after_time: Duration,
+    /// When keypairs are replaced and when they may no longer be used (120 s, 180 s and
+    /// 2^60 messages). Every keypair the session makes carries it, so the data paths that
+    /// ask the keypair ([`Keypair::usable`], [`Keypair::wants_rekey`]) follow it too.
+    pub key_lifetime: KeyLifetime,
     /// Give up retrying a handshake after this long (90 s).
     pub rekey_attempt_time: Duration,
     /// Retry an unanswered initiation after this (5 s) plus jitter.
@@ -68,37 +68,21 @@ pub struct SessionConfig {
     pub keepalive_timeout: Duration,
     /// Send a keepalive whenever nothing was sent for this long (off by default).
     pub persistent_keepalive: Option<Duration>,
-    /// Rekey after this many messages (2^60).
-    pub rekey_after_messages: u64,
     /// Our capability flags, sent in every handshake message.
     pub local_flags: HandshakeFlags,
     /// The AEAD backend for transport data.
     pub backend: AeadBackend,
 }
 
-impl SessionConfig {
-    /// The lifetime every keypair of the session gets: the data paths ask the keypair
-    /// ([`Keypair::usable`], [`Keypair::wants_rekey`]) and so follow this configuration.
-    pub fn key_lifetime(&self) -> KeyLifetime {
-        KeyLifetime {
-            rekey_after_time: self.rekey_after_time,
-            reject_after_time: self.reject_after_time,
-            rekey_after_messages: self.rekey_after_messages,
-        }
-    }
-}
-
 impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
-            rekey_after_time: REKEY_AFTER_TIME,
-            reject_after_time: REJECT_AFTER_TIME,
+            key_lifetime: KeyLifetime::default(),
             rekey_attempt_time: REKEY_ATTEMPT_TIME,
             rekey_timeout: REKEY_TIMEOUT,
             rekey_timeout_jitter: REKEY_TIMEOUT_JITTER,
             keepalive_timeout: KEEPALIVE_TIMEOUT,
             persistent_keepalive: None,
-            rekey_after_messages: REKEY_AFTER_MESSAGES,
             local_flags: HandshakeFlags::NONE,
             backend: AeadBackend::default(),
         }
@@ -412,13 +396,13 @@ impl Session {
         }
     }
     fn on_session_derived(&mut self, now: Instant) {
-        self.zero_keys_at = Some(now + 3 * self.config.reject_after_time);
+        self.zero_keys_at = Some(now + 3 * self.config.key_lifetime.reject_after_time);
     }
 
-    /// Send-side `keep_key_fresh`: a handshake when the keypair that just sealed wants
-    /// one ([`Keypair::wants_rekey`]).
-    fn keep_key_fresh_send(&mut self, sent_with: &Keypair, now: Instant) {
-        if sent_with.wants_rekey(now) {
+    /// Send-side `keep_key_fresh`: a handshake when the current keypair, which just
+    /// sealed, wants one ([`Keypair::wants_rekey`]).
+    fn keep_key_fresh_send(&mut self, now: Instant) {
+        if self.current.as_deref().is_some_and(|k| k.wants_rekey(now)) {
             self.request_initiation(false);
         }
     }
@@ -431,6 +415,7 @@ impl Session {
         };
         let limit = self
             .config
+            .key_lifetime
             .reject_after_time
             .saturating_sub(self.config.keepalive_timeout + self.config.rekey_timeout);
         if k.is_initiator() && now >= k.created() + limit && !self.sent_lastminute_handshake {
@@ -450,15 +435,15 @@ impl Session {
         buf: &mut [u8],
         mtu: usize,
     ) -> Result<Encapsulated, TransportError> {
-        let sealed = match self.current.clone() {
+        let sealed = match self.current.as_deref() {
             Some(k) if k.usable(now) => match k.seal(flags, len, buf, mtu) {
-                Ok(n) => Some((n, k)),
+                Ok(n) => Some(n),
                 Err(TransportError::CounterExhausted) => None,
                 Err(e) => return Err(e),
             },
             _ => None,
         };
-        let Some((n, k)) = sealed else {
+        let Some(n) = sealed else {
             self.queue_pending = true;
             self.request_initiation(false);
             return Ok(Encapsulated::Queue);
@@ -467,7 +452,7 @@ impl Session {
         self.on_any_authenticated_packet_sent();
         self.on_data_sent(now);
         self.confirm_keepalive = false;
-        self.keep_key_fresh_send(&k, now);
+        self.keep_key_fresh_send(now);
         Ok(Encapsulated::Send(n))
     }
 
@@ -623,7 +608,7 @@ impl Session {
                 now,
                 keys.initiator,
             )
-            .with_lifetime(self.config.key_lifetime()),
+            .with_lifetime(self.config.key_lifetime),
         )
     }
 
@@ -660,7 +645,7 @@ impl Session {
                     self.drop_due = true;
                 }
                 if self.zero_keys_at.is_none() {
-                    self.zero_keys_at = Some(now + 3 * self.config.reject_after_time);
+                    self.zero_keys_at = Some(now + 3 * self.config.key_lifetime.reject_after_time);
                 }
             } else {
                 self.handshake_attempts += 1;
@@ -715,7 +700,7 @@ impl Session {
                 .as_deref()
                 .is_some_and(|k| self.sendable(k, now));
             if sendable {
-                let k = self.current.clone().expect("checked just above");
+                let k = self.current.as_deref().expect("checked just above");
                 let n = k.seal(PayloadFlags::NONE, 0, out, 0).map_err(|_| {
                     HandshakeError::BufferTooSmall {
                         need: 32,
@@ -731,7 +716,7 @@ impl Session {
                     self.need_another_keepalive = false;
                     self.keepalive_at = Some(now + self.config.keepalive_timeout);
                 }
-                self.keep_key_fresh_send(&k, now);
+                self.keep_key_fresh_send(now);
                 return Ok(Some(Transmit::Keepalive(n)));
             }
             // No keypair: a keepalive, like data, asks for a handshake.

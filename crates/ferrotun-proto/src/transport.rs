@@ -84,6 +84,12 @@ impl Received {
         })
     }
 
+    /// Whether the message lies within a buffer of `len` bytes and holds a header and a
+    /// tag: the caller may have built it by hand, so opening checks before it slices.
+    fn lies_in(&self, len: usize) -> bool {
+        self.at.end <= len && self.at.len() >= DATA_HEADER_LEN + TAG_LEN
+    }
+
     /// Where the encrypted payload lies in the buffer (the tag follows it and ends the
     /// message).
     pub fn payload(&self) -> Range<usize> {
@@ -451,12 +457,10 @@ impl Keypair {
     /// the payload range it returns is in `buf`.
     pub fn open_one(&self, buf: &mut [u8], msg: &Received) -> Opened {
         let DataHeader { flags, counter, .. } = msg.header;
-        let Some(buf) = buf
-            .get_mut(..msg.at.end)
-            .filter(|_| msg.at.len() >= DATA_HEADER_LEN + TAG_LEN)
-        else {
+        if !msg.lies_in(buf.len()) {
             return Err(TransportError::Overlap);
-        };
+        }
+        let buf = &mut buf[..msg.at.end];
         self.check(&msg.header, &self.lock_replay())?;
         let payload = msg.payload();
         let (text, tag) = buf.split_at_mut(payload.end);
@@ -505,9 +509,9 @@ impl Keypair {
             let mut free_from = 0;
             for m in msgs {
                 let r = &m.at;
-                let apart = r.start >= free_from && r.end <= buf.len();
+                let apart = r.start >= free_from;
                 free_from = free_from.max(r.end);
-                let outcome = if apart && r.len() >= DATA_HEADER_LEN + TAG_LEN {
+                let outcome = if apart && m.lies_in(buf.len()) {
                     self.check(&m.header, &window).map(|()| {
                         let text = m.payload();
                         jobs[n] = AeadJob {

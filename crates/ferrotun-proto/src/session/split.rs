@@ -54,9 +54,7 @@ impl Session {
         self.on_any_authenticated_packet_sent();
         self.on_data_sent(at);
         self.confirm_keepalive = false;
-        if let Some(k) = self.current.clone() {
-            self.keep_key_fresh_send(&k, at);
-        }
+        self.keep_key_fresh_send(at);
     }
 
     /// The driver opened an authenticated message at `at`. `used_index` is the local index

@@ -366,7 +366,10 @@ fn rekey_after_time_by_initiator_only() {
 #[test]
 fn rekey_after_messages() {
     let cfg = SessionConfig {
-        rekey_after_messages: 5,
+        key_lifetime: KeyLifetime {
+            rekey_after_messages: 5,
+            ..KeyLifetime::default()
+        },
         ..SessionConfig::default()
     };
     let mut w = world_with(cfg.clone(), cfg);
@@ -654,17 +657,19 @@ fn keypairs_carry_the_configured_lifetime() {
     // A data path that seals and opens outside the session asks the keypair; shortened
     // limits in the configuration must reach it.
     let cfg = SessionConfig {
-        rekey_after_time: Duration::from_secs(7),
-        reject_after_time: Duration::from_secs(11),
-        rekey_after_messages: 3,
+        key_lifetime: KeyLifetime {
+            rekey_after_time: Duration::from_secs(7),
+            reject_after_time: Duration::from_secs(11),
+            rekey_after_messages: 3,
+        },
         ..SessionConfig::default()
     };
     let mut w = world_with(cfg.clone(), cfg.clone());
     w.establish(0.0);
     let a = w.a.s.current_keypair().expect("initiator's keypair");
     let b = w.b.s.live_keypairs()[0].clone();
-    assert_eq!(a.lifetime(), cfg.key_lifetime());
-    assert_eq!(b.lifetime(), cfg.key_lifetime());
+    assert_eq!(a.lifetime(), cfg.key_lifetime);
+    assert_eq!(b.lifetime(), cfg.key_lifetime);
     let created = a.created();
     assert!(a.usable(created + Duration::from_millis(10_999)));
     assert!(!a.usable(created + Duration::from_secs(11)));
@@ -681,7 +686,7 @@ fn keypairs_carry_the_configured_lifetime() {
     assert!(b.wants_rekey(b.created()), "4 sealed > 3");
     // The defaults are WireGuard's.
     let d = Keypair::new(AeadBackend::Ring, &[1; 32], &[2; 32], 1, 2, w.t0, true);
-    assert_eq!(d.lifetime(), SessionConfig::default().key_lifetime());
+    assert_eq!(d.lifetime(), SessionConfig::default().key_lifetime);
     assert!(d.usable(w.t0 + REJECT_AFTER_TIME - Duration::from_nanos(1)));
     assert!(!d.usable(w.t0 + REJECT_AFTER_TIME));
     assert!(d.wants_rekey(w.t0 + REKEY_AFTER_TIME));
