@@ -36,13 +36,12 @@ impl PeerAddr {
         }
     }
 
-    /// Whether two addresses are the same path (the same TCP connection, not merely the
-    /// same remote address).
-    pub(crate) fn same(&self, other: &PeerAddr) -> bool {
-        match (self, other) {
-            (PeerAddr::Udp(a), PeerAddr::Udp(b)) => a == b,
-            (PeerAddr::Tcp(a), PeerAddr::Tcp(b)) => a.id == b.id,
-            _ => false,
+    /// The path: two addresses are the same path if they are the same UDP address or the
+    /// same TCP connection (not merely the same remote address).
+    pub(crate) fn path(&self) -> Path {
+        match self {
+            PeerAddr::Udp(a) => Path::Udp(*a),
+            PeerAddr::Tcp(c) => Path::Tcp(c.id),
         }
     }
 }
@@ -73,7 +72,7 @@ impl<'a> Source<'a> {
         }
     }
 
-    /// The path, as [`PeerAddr::same`] compares them, without cloning anything.
+    /// The path ([`PeerAddr::path`]), without cloning anything.
     pub(crate) fn path(self) -> Path {
         match self {
             Source::Udp(a) => Path::Udp(a),
@@ -99,8 +98,7 @@ impl fmt::Display for Source<'_> {
     }
 }
 
-/// A path a message came by, as [`PeerAddr::same`] compares them: a UDP address or a TCP
-/// connection's id.
+/// A path a message came by or goes by: a UDP address, or a TCP connection's id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Path {
     Udp(SocketAddr),

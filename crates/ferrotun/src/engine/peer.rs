@@ -169,7 +169,7 @@ impl Peer {
             return;
         }
         let old = self.endpoint.load();
-        if old.as_deref().is_some_and(|o| o.same(&addr)) {
+        if old.as_deref().is_some_and(|o| o.path() == addr.path()) {
             return;
         }
         match old.as_deref() {

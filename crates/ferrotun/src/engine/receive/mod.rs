@@ -27,6 +27,7 @@
 
 pub(crate) mod deliver;
 
+use std::net::IpAddr;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -46,7 +47,7 @@ use super::conn::MAX_UNAUTHENTICATED_HANDSHAKES;
 use super::outbox::{Outbox, SLOTS};
 use super::peer::{Peer, Tally};
 use super::shared::{Inbound, Shared};
-use super::switch::{self, LOCAL};
+use super::switch::{self, LOCAL, Switch};
 use super::table::PeerTable;
 use super::turn::Turn;
 use deliver::{Deliveries, Place};
@@ -81,6 +82,17 @@ struct Payload {
     wire_len: usize,
     compressed: bool,
     partial: bool,
+}
+
+impl Payload {
+    /// Its bytes: in a receive buffer, or in the deliveries' arena.
+    fn bytes<'a, B: AsMut<[u8]>>(&self, deliveries: &'a Deliveries, bufs: &'a mut [B]) -> &'a [u8] {
+        let range = self.start..self.start + self.len;
+        match self.place {
+            Place::Buffer(k) => &bufs[k].as_mut()[range],
+            Place::Arena => deliveries.arena(range),
+        }
+    }
 }
 
 /// The state of one receiving task across the messages of a batch: what a batch loads
@@ -211,18 +223,22 @@ impl Batch {
             .take()
             .unwrap_or_else(|| shared.peers.load_full());
         let mut keypair = self.keypair.take();
-        if let Some((peer, kp)) = lookup(shared, &table, &mut keypair, &run, self.now, src) {
-            open(kp, bufs[k].as_mut(), &run, &mut opened);
-            self.authenticated(shared, peer, kp, src, &opened);
-            for o in &opened {
-                match o {
-                    Ok((flags, range)) => {
-                        self.admit(shared, &table, bufs, k, peer, *flags, range.clone())
-                            .await
+        let receiver = run[0].header.receiver;
+        match lookup(&table, &mut keypair, receiver, self.now) {
+            Ok((peer, kp)) => {
+                open(kp, bufs[k].as_mut(), &run, &mut opened);
+                self.authenticated(shared, peer, kp, src, &opened);
+                for o in &opened {
+                    match o {
+                        Ok((flags, range)) => {
+                            self.admit(shared, &table, bufs, k, peer, *flags, range.clone())
+                                .await
+                        }
+                        Err(e) => refused(shared, peer, src, e),
                     }
-                    Err(e) => refused(shared, peer, src, e),
                 }
             }
+            Err(why) => unopened(shared, why, receiver, run.len(), src),
         }
         run.clear();
         self.run = run;
@@ -285,7 +301,14 @@ impl Batch {
         if range.is_empty() {
             return; // a keepalive
         }
-        if !flags_fit(shared, peer, flags) {
+        if !flags_fit(shared.settings.mode, peer.config.compress, flags) {
+            shared.drop_for(peer, DropReason::FlagsRefused, || {
+                format!(
+                    "payload flags {:#04x} from peer {} do not fit its configuration",
+                    flags.bits(),
+                    peer.name()
+                )
+            });
             return;
         }
         let compressed = flags.contains(PayloadFlags::COMPRESSED);
@@ -320,15 +343,6 @@ impl Batch {
         }
     }
 
-    /// The bytes of a payload.
-    fn bytes<'a, B: AsMut<[u8]>>(&'a self, bufs: &'a mut [B], p: &Payload) -> &'a [u8] {
-        let range = p.start..p.start + p.len;
-        match p.place {
-            Place::Buffer(k) => &bufs[k].as_mut()[range],
-            Place::Arena => self.deliveries.arena(range),
-        }
-    }
-
     /// Step 6 in TUN mode: an IP packet from within the peer's allowed IPs (its padding
     /// trimmed by its IP header's length), with a partial checksum only where it can have
     /// one; then step 7.
@@ -340,19 +354,11 @@ impl Batch {
         peer: &Arc<Peer>,
         p: Payload,
     ) {
-        let packet = self.bytes(bufs, &p);
-        let Some(n) = check_ip(shared, table, peer, packet) else {
-            return;
+        let packet = p.bytes(&self.deliveries, bufs);
+        let n = match check_ip(table, peer.slot, packet, p.partial) {
+            Ok(n) => n,
+            Err(why) => return refused_ip(shared, peer, why),
         };
-        if p.partial && vnet::partial_checksum(&packet[..n], Layer::Ip).is_none() {
-            shared.drop_for(peer, DropReason::Malformed, || {
-                format!(
-                    "peer {} marked a checksum partial in a packet that has no such field",
-                    peer.name()
-                )
-            });
-            return;
-        }
         // An uncompressed packet's padding is not counted.
         let wire = if p.compressed { p.wire_len } else { n };
         self.tally.count(peer, n, wire);
@@ -382,7 +388,13 @@ impl Batch {
             });
             return;
         }
-        let Some(port) = switch_port(shared, peer, self.bytes(bufs, &p), self.now) else {
+        let frame = p.bytes(&self.deliveries, bufs);
+        let stamp = shared.stamp(self.now);
+        let server = shared.settings.server;
+        let Some(port) = switch_port(&shared.switch, server, peer.slot, frame, stamp) else {
+            shared.drop_for(peer, DropReason::Malformed, || {
+                format!("short frame from peer {}", peer.name())
+            });
             return;
         };
         match port {
@@ -419,12 +431,7 @@ impl Batch {
         if !self.forward.has_room() {
             self.forward.flush(shared).await;
         }
-        let range = p.start..p.start + p.len;
-        let frame = match p.place {
-            Place::Buffer(k) => &bufs[k].as_mut()[range],
-            Place::Arena => self.deliveries.arena(range),
-        };
-        let slot = self.forward.copy_in(frame);
+        let slot = self.forward.copy_in(p.bytes(&self.deliveries, bufs));
         self.forward
             .prepare(shared, to, slot, p.len, self.now, false, false);
     }
@@ -467,45 +474,43 @@ fn to_control(shared: &Shared, message: HandshakeMessage, src: Source<'_>) -> Ou
     Outcome::Continue
 }
 
-/// Step 2: the peer and keypair the run's receiver index names, if that keypair may still
-/// open; otherwise every message of the run is dropped and counted. `last` keeps the
-/// keypair found for the next run.
+/// Why a run of data messages found no keypair to open it with.
+enum NoKeypair<'t> {
+    /// No peer has the receiver index, or its peer has no such keypair (any more).
+    Unknown,
+    /// The peer's keypair is past its `reject_after_time`.
+    Expired(&'t Arc<Peer>),
+}
+
+/// Step 2: the peer and keypair receiver index `receiver` names, if that keypair may
+/// still open at `now`. `last` keeps the keypair found, for the batch's next run.
 fn lookup<'t, 'k>(
-    shared: &Shared,
     table: &'t PeerTable,
     last: &'k mut Option<(u32, Arc<Keypair>)>,
-    run: &[Received],
+    receiver: u32,
     now: Instant,
-    src: Source<'_>,
-) -> Option<(&'t Arc<Peer>, &'k Keypair)> {
-    let receiver = run[0].header.receiver;
-    let peer = table.by_receiver(receiver);
-    if let Some(p) = peer
-        && last.as_ref().is_none_or(|(index, _)| *index != receiver)
-    {
-        *last = p.recv_keypair(receiver).map(|kp| (receiver, kp));
+) -> Result<(&'t Arc<Peer>, &'k Keypair), NoKeypair<'t>> {
+    let peer = table.by_receiver(receiver).ok_or(NoKeypair::Unknown)?;
+    if last.as_ref().is_none_or(|(index, _)| *index != receiver) {
+        *last = peer.recv_keypair(receiver).map(|kp| (receiver, kp));
     }
-    let kp = last
-        .as_ref()
-        .filter(|(index, _)| *index == receiver)
-        .map(|(_, kp)| &**kp);
-    match (peer, kp) {
-        (Some(peer), Some(kp)) if kp.usable(now) => Some((peer, kp)),
-        (Some(peer), Some(_)) => {
-            for _ in run {
-                shared.drop_for(peer, DropReason::KeyExpired, || {
-                    format!("from {src}: keypair past its reject_after_time")
-                });
-            }
-            None
-        }
-        _ => {
-            for _ in run {
-                shared.drop_packet(DropReason::UnknownIndex, || {
-                    format!("index {receiver:#010x} from {src}")
-                });
-            }
-            None
+    match last {
+        Some((_, kp)) if kp.usable(now) => Ok((peer, &**kp)),
+        Some(_) => Err(NoKeypair::Expired(peer)),
+        None => Err(NoKeypair::Unknown),
+    }
+}
+
+/// Counts the `n` messages of a run that found no keypair.
+fn unopened(shared: &Shared, why: NoKeypair<'_>, receiver: u32, n: usize, src: Source<'_>) {
+    for _ in 0..n {
+        match why {
+            NoKeypair::Expired(peer) => shared.drop_for(peer, DropReason::KeyExpired, || {
+                format!("from {src}: keypair past its reject_after_time")
+            }),
+            NoKeypair::Unknown => shared.drop_packet(DropReason::UnknownIndex, || {
+                format!("index {receiver:#010x} from {src}")
+            }),
         }
     }
 }
@@ -532,52 +537,68 @@ fn refused(shared: &Shared, peer: &Peer, src: Source<'_>, e: &TransportError) {
     }
 }
 
-/// Step 5's rule: payload flags this side's mode and the peer's configuration allow.
-/// TUN takes IP packets (whose checksum may be partial), TAP Ethernet frames; compressed
-/// only from a peer that compresses.
-fn flags_fit(shared: &Shared, peer: &Peer, flags: PayloadFlags) -> bool {
-    let (want, mut allowed) = match shared.settings.mode {
+/// Step 5's rule: payload flags a side in `mode` allows from a peer (`compress`: the peer
+/// compresses). TUN takes IP packets (whose checksum may be partial), TAP Ethernet
+/// frames; compressed only from a peer that compresses.
+fn flags_fit(mode: Mode, compress: bool, flags: PayloadFlags) -> bool {
+    let (want, mut allowed) = match mode {
         Mode::Tap => (PayloadFlags::ETHERNET, PayloadFlags::ETHERNET),
         Mode::Tun => (PayloadFlags::NONE, PayloadFlags::PARTIAL_CHECKSUM),
     };
-    if peer.config.compress {
+    if compress {
         allowed = allowed.union(PayloadFlags::COMPRESSED);
     }
-    if flags.contains(want) && allowed.contains(flags) {
-        return true;
-    }
-    shared.drop_for(peer, DropReason::FlagsRefused, || {
-        format!(
-            "payload flags {:#04x} from peer {} do not fit its configuration",
-            flags.bits(),
-            peer.name()
-        )
-    });
-    false
+    flags.contains(want) && allowed.contains(flags)
 }
 
-/// Step 6's rule in TUN mode: a decrypted IP packet (padding trimmed by its header's
-/// length) whose source is the sending peer's; returns its length.
-fn check_ip(shared: &Shared, table: &PeerTable, peer: &Peer, payload: &[u8]) -> Option<usize> {
-    let Some(n) = ferrotun_proto::ip::ip_packet_len(payload) else {
-        shared.drop_for(peer, DropReason::Malformed, || {
-            format!("non-IP payload from peer {}", peer.name())
-        });
-        return None;
-    };
+/// Why step 6 refused a decrypted IP packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IpRefused {
+    /// Not an IPv4 or IPv6 packet that fits its payload.
+    NotIp,
+    /// Its source (if it has one) is outside the sender's allowed IPs.
+    Outside(Option<IpAddr>),
+    /// Marked as carrying a partial checksum, but it has no such field where a receiver
+    /// looks for one.
+    NoChecksumField,
+}
+
+/// Step 6's rule in TUN mode: a decrypted payload from the peer in `slot` is an IP packet
+/// (its padding trimmed by its header's length) whose source is the peer's, with a partial
+/// checksum (`partial`) only where it can have one; returns its length.
+fn check_ip(
+    table: &PeerTable,
+    slot: u32,
+    payload: &[u8],
+    partial: bool,
+) -> Result<usize, IpRefused> {
+    let n = ferrotun_proto::ip::ip_packet_len(payload).ok_or(IpRefused::NotIp)?;
     let packet = &payload[..n];
-    let owner = ip_source(packet).and_then(|a| table.routes.lookup(a).copied());
-    if owner != Some(peer.slot) {
-        shared.drop_for(peer, DropReason::SourceNotAllowed, || {
-            format!(
-                "peer {} sent a packet from {}, outside its allowed_ips",
-                peer.name(),
-                ip_source(packet).map_or("?".into(), |a| a.to_string())
-            )
-        });
-        return None;
+    let source = ip_source(packet);
+    if source.and_then(|a| table.routes.lookup(a).copied()) != Some(slot) {
+        return Err(IpRefused::Outside(source));
     }
-    Some(n)
+    if partial && vnet::partial_checksum(packet, Layer::Ip).is_none() {
+        return Err(IpRefused::NoChecksumField);
+    }
+    Ok(n)
+}
+
+/// Counts a packet [`check_ip`] refused.
+fn refused_ip(shared: &Shared, peer: &Peer, why: IpRefused) {
+    let name = peer.name();
+    match why {
+        IpRefused::NotIp => shared.drop_for(peer, DropReason::Malformed, || {
+            format!("non-IP payload from peer {name}")
+        }),
+        IpRefused::Outside(source) => shared.drop_for(peer, DropReason::SourceNotAllowed, || {
+            let from = source.map_or("?".into(), |a| a.to_string());
+            format!("peer {name} sent a packet from {from}, outside its allowed_ips")
+        }),
+        IpRefused::NoChecksumField => shared.drop_for(peer, DropReason::Malformed, || {
+            format!("peer {name} marked a checksum partial in a packet that has no such field")
+        }),
+    }
 }
 
 /// Where the TAP switch sends a frame that came from a peer.
@@ -593,30 +614,25 @@ enum Port {
     Hairpin,
 }
 
-/// Step 6's rule in TAP mode: the switch's decision for a frame from `peer`, learning its
-/// source address on the way; a client has one port, its device. `None` for a frame too
-/// short to switch.
-fn switch_port(shared: &Shared, peer: &Peer, frame: &[u8], now: Instant) -> Option<Port> {
-    let Some((dst, src)) = switch::macs(frame) else {
-        shared.drop_for(peer, DropReason::Malformed, || {
-            format!("short frame from peer {}", peer.name())
-        });
-        return None;
-    };
-    if !shared.settings.server {
+/// Step 6's rule in TAP mode: where a frame from the peer in `from` goes, learning its
+/// source address (at time `stamp`) on the way; a client (`server` false) has one port, its
+/// device. `None` for a frame too short to switch.
+fn switch_port(switch: &Switch, server: bool, from: u32, frame: &[u8], stamp: u64) -> Option<Port> {
+    let (dst, src) = switch::macs(frame)?;
+    if !server {
         return Some(Port::Device);
     }
-    shared.switch.learn(src, peer.slot, shared.stamp(now));
+    switch.learn(src, from, stamp);
     let target = if switch::is_group(&dst) {
         None
     } else {
-        shared.switch.lookup(&dst)
+        switch.lookup(&dst)
     };
     Some(match target {
         None => Port::Flood,
         Some(LOCAL) => Port::Device,
-        Some(slot) if slot == peer.slot => Port::Hairpin,
-        Some(slot) => Port::Peer(slot),
+        Some(port) if port == from => Port::Hairpin,
+        Some(port) => Port::Peer(port),
     })
 }
 
@@ -669,3 +685,6 @@ fn is_transient(e: &std::io::Error) -> bool {
         )
     ) || e.kind() == std::io::ErrorKind::Interrupted
 }
+
+#[cfg(test)]
+mod tests;
