@@ -21,7 +21,7 @@ use crate::config::{ClientConfig, Hooks, InterfaceConfig, PeerConfig, ServerConf
 use crate::ctlsock::{self, ControlSocket};
 use crate::engine::addr::{PeerAddr, canonical};
 use crate::engine::client::ClientSettings;
-use crate::engine::table::Peers;
+use crate::engine::table::{PeerMaker, Peers};
 use crate::engine::{Engine, EngineConfig};
 use crate::iface::Interface;
 use crate::privs;
@@ -296,7 +296,12 @@ fn setup(role: Role, plan: Plan, socket: Option<PathBuf>) -> anyhow::Result<Setu
     };
     let identity = Arc::new(Identity::new(interface.private_key.clone()));
     let backend = interface.aead_backend;
-    let table = Peers::new(identity.clone(), interface.mode, backend, &peers)?;
+    let maker = PeerMaker {
+        identity: &identity,
+        mode: interface.mode,
+        backend,
+    };
+    let table = Peers::new(maker, &peers)?;
     let udp = match (&client, listen_udp) {
         (Some(c), _) if c.transport == Transport::Udp => client_udp(interface.queues)?,
         (None, Some(addr)) => bind_udp_group(addr, interface.queues)?,

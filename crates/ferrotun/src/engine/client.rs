@@ -87,12 +87,6 @@ pub(crate) async fn run(shared: Arc<Shared>, settings: ClientSettings) -> anyhow
     }
 }
 
-fn request_handshake(shared: &Shared, peer: &Peer) {
-    peer.notes.wants_handshake.store(true, Ordering::Release);
-    peer.mark();
-    shared.wake.notify_one();
-}
-
 /// Resolves the endpoint again; true if it now names another address (set as the peer's).
 async fn reresolve(peer: &Peer, ep: &Endpoint) -> bool {
     match resolve(ep).await {
@@ -122,7 +116,7 @@ async fn udp(shared: &Shared, peer: &Peer, s: &ClientSettings) -> anyhow::Result
     let mut backoff = Backoff::new();
     // Since when there has been no usable session (or the server has been silent).
     let mut failing_since = Some(Instant::now());
-    request_handshake(shared, peer);
+    peer.want_handshake(&shared.wake);
     loop {
         let wait = if failing_since.is_some() {
             backoff.step()
@@ -158,13 +152,13 @@ async fn udp(shared: &Shared, peer: &Peer, s: &ClientSettings) -> anyhow::Result
         if (silent || since.elapsed() >= RERESOLVE_AFTER) && reresolve(peer, &s.endpoint).await {
             // The server is somewhere else now: start over there at once.
             peer.notes.restart.store(true, Ordering::Release);
-            request_handshake(shared, peer);
+            peer.want_handshake(&shared.wake);
             continue;
         }
         if !pending {
             // No session, or a silent server (restarted, say): a fresh handshake; the
             // session spaces initiations 5 s apart, so this cannot flood.
-            request_handshake(shared, peer);
+            peer.want_handshake(&shared.wake);
         }
     }
 }
@@ -189,7 +183,7 @@ async fn tcp_loop(
                 // A new connection starts a new session: the server may have restarted, and
                 // data under old keys would only get the connection closed.
                 peer.notes.restart.store(true, Ordering::Release);
-                request_handshake(shared, peer);
+                peer.want_handshake(&shared.wake);
                 let started = Instant::now();
                 tcp::serve(shared.clone(), stream, conn).await;
                 tracing::warn!(server = %s.endpoint, "TCP connection to the server lost");

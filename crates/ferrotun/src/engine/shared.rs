@@ -24,7 +24,7 @@ use super::conn::Unauthenticated;
 use super::device::Tun;
 use super::peer::{Peer, stamp};
 use super::switch::Switch;
-use super::table::{Peers, ReloadSummary};
+use super::table::{PeerMaker, Peers, ReloadSummary};
 use super::udp::UdpIo;
 
 /// Room after a payload for padding (to 16) and the tag.
@@ -85,6 +85,17 @@ pub(crate) struct Settings {
     pub(crate) backend: AeadBackend,
     /// Addresses the sockets listen on, for `show`.
     pub(crate) listening: Vec<(Transport, SocketAddr)>,
+}
+
+impl Settings {
+    /// How this instance makes a peer.
+    pub(crate) fn peer_maker(&self) -> PeerMaker<'_> {
+        PeerMaker {
+            identity: &self.identity,
+            mode: self.mode,
+            backend: self.backend,
+        }
+    }
 }
 
 impl Shared {
@@ -230,7 +241,7 @@ impl Shared {
     /// Replaces the peers (see [`Peers::reload`]) and lets the control task look at the
     /// new ones.
     pub(crate) fn reload_peers(&self, configs: &[PeerConfig]) -> anyhow::Result<ReloadSummary> {
-        let summary = self.peers.reload(configs)?;
+        let summary = self.peers.reload(self.settings.peer_maker(), configs)?;
         self.wake.notify_one();
         Ok(summary)
     }

@@ -94,37 +94,41 @@ impl PeerTable {
     }
 }
 
-/// The peers as the engine holds them: the current table, and what it takes to make new
-/// peers on reload.
+/// The peers as the engine holds them: the current table, and the slot the next new peer
+/// gets.
 pub(crate) struct Peers {
     table: ArcSwap<PeerTable>,
-    /// The next slot a new peer gets.
     next_slot: AtomicU32,
-    identity: Arc<Identity>,
-    mode: Mode,
-    backend: AeadBackend,
+}
+
+/// What a new peer's session is made with: this side's key, its mode (the handshake's
+/// capability flags) and the AEAD backend.
+#[derive(Clone, Copy)]
+pub(crate) struct PeerMaker<'a> {
+    pub(crate) identity: &'a Arc<Identity>,
+    pub(crate) mode: Mode,
+    pub(crate) backend: AeadBackend,
+}
+
+impl PeerMaker<'_> {
+    /// Makes the peer for `pc` in `slot`, with a fresh session.
+    pub(crate) fn make(&self, slot: u32, pc: &PeerConfig) -> anyhow::Result<Arc<Peer>> {
+        make_peer(self.identity, self.mode, slot, pc, self.backend)
+    }
 }
 
 impl Peers {
     /// The peers of `configs`, in slots 0, 1, 2, ...
-    pub(crate) fn new(
-        identity: Arc<Identity>,
-        mode: Mode,
-        backend: AeadBackend,
-        configs: &[PeerConfig],
-    ) -> anyhow::Result<Peers> {
+    pub(crate) fn new(maker: PeerMaker<'_>, configs: &[PeerConfig]) -> anyhow::Result<Peers> {
         let peers = configs
             .iter()
             .enumerate()
-            .map(|(i, pc)| make_peer(&identity, mode, i as u32, pc, backend))
+            .map(|(i, pc)| maker.make(i as u32, pc))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let table = PeerTable::new(peers);
         Ok(Peers {
             next_slot: AtomicU32::new(table.len() as u32),
             table: ArcSwap::from_pointee(table),
-            identity,
-            mode,
-            backend,
         })
     }
 
@@ -143,7 +147,11 @@ impl Peers {
     /// session in a new slot; removed peers are cut off. Safe while the data paths run
     /// (the table is swapped whole). It takes a while for many new peers (a key agreement
     /// each), so the runner calls it off the runtime's threads.
-    pub(crate) fn reload(&self, configs: &[PeerConfig]) -> anyhow::Result<ReloadSummary> {
+    pub(crate) fn reload(
+        &self,
+        maker: PeerMaker<'_>,
+        configs: &[PeerConfig],
+    ) -> anyhow::Result<ReloadSummary> {
         let old = self.table.load_full();
         let mut summary = ReloadSummary::default();
         let mut next: Vec<Arc<Peer>> = Vec::with_capacity(configs.len());
@@ -161,11 +169,11 @@ impl Peers {
                 Some(p) => {
                     summary.changed.push(pc.name.clone());
                     p.disconnect();
-                    next.push(self.make(pc)?);
+                    next.push(maker.make(self.next_slot.fetch_add(1, Ordering::Relaxed), pc)?);
                 }
                 None => {
                     summary.added.push(pc.name.clone());
-                    next.push(self.make(pc)?);
+                    next.push(maker.make(self.next_slot.fetch_add(1, Ordering::Relaxed), pc)?);
                 }
             }
         }
@@ -178,11 +186,6 @@ impl Peers {
         }
         self.table.store(Arc::new(PeerTable::new(next)));
         Ok(summary)
-    }
-
-    fn make(&self, pc: &PeerConfig) -> anyhow::Result<Arc<Peer>> {
-        let slot = self.next_slot.fetch_add(1, Ordering::Relaxed);
-        make_peer(&self.identity, self.mode, slot, pc, self.backend)
     }
 }
 
